@@ -1,0 +1,189 @@
+"""``pipelines.yaml``: one typed schema, validated before any work starts.
+
+Strings may read the environment with ``${VAR}`` or ``${VAR:-default}`` (that is how checkpoint
+paths such as ``LYRICS_CLIP_PATH`` are overridden) and may name the artifact root with ``{root}``.
+Every error names the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "pipelines.yaml"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file, key and problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data sources -------------------------------------------------------------------------------
+class DatasetConfig(Strict):
+    format: Literal["webdataset", "folder"]
+    # WebDataset: a brace pattern of tar shards. Folder: the image folder.
+    path: str
+    captions: str | None = Field(None, description="folder format: JSONL or Parquet with `image`, `caption`")
+    # How the files come to exist; shown in the error when they are missing.
+    produced_by: str = "img2dataset --output_format webdataset"
+
+
+# --- model profiles -----------------------------------------------------------------------------
+class ComponentConfig(Strict):
+    # A local checkpoint (file or directory). In the tiny profile this is where the randomly
+    # initialised checkpoint is written once and loaded from, through the real loading code.
+    checkpoint: str
+
+
+class ProfileConfig(Strict):
+    seed: int = 0
+    clip: ComponentConfig
+    ram: ComponentConfig
+    gdino: ComponentConfig
+    sam: ComponentConfig
+    qformer: ComponentConfig
+    llm: ComponentConfig
+
+
+# --- phase 1 ------------------------------------------------------------------------------------
+class StorageConfig(Strict):
+    dtype: Literal["fp16", "int8"] = "fp16"
+    top_q: int | None = Field(None, ge=1, description="keep the top-Q Grounding-DINO queries by score")
+
+
+class DetectionConfig(Strict):
+    box_threshold: float = Field(0.25, ge=0, le=1)
+    text_threshold: float = Field(0.2, ge=0, le=1)
+    nms_iou: float = Field(0.6, ge=0, le=1)
+
+
+class ExtractionConfig(Strict):
+    profile: str = "tiny"
+    batch_size: int = Field(8, ge=1)
+    max_objects: int = Field(32, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit, checked before decoding")
+    storage: StorageConfig = StorageConfig()
+    detection: DetectionConfig = DetectionConfig()
+
+
+# --- phase 2 ------------------------------------------------------------------------------------
+class RecipeConfig(Strict):
+    steps: int = Field(ge=1)
+    global_batch: int = Field(ge=1)
+    micro_batch: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_ratio: float = Field(0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> RecipeConfig:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
+        return self
+
+
+class TrainingConfig(Strict):
+    pretrain: dict[str, RecipeConfig]
+    finetune: dict[str, RecipeConfig]
+
+
+class EvaluationConfig(Strict):
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class PipelinesConfig(Strict):
+    root: str
+    datasets: dict[str, DatasetConfig]
+    profiles: dict[str, ProfileConfig]
+    extraction: ExtractionConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    source: str = Field("", exclude=True, description="the file this was read from")
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> PipelinesConfig:
+        if self.extraction.profile not in self.profiles:
+            raise ValueError(f"extraction.profile {self.extraction.profile!r} is not one of the profiles {sorted(self.profiles)}")
+        for stage in ("pretrain", "finetune"):
+            missing = set(self.profiles) - set(getattr(self.training, stage))
+            if missing:
+                raise ValueError(f"training.{stage} has no recipe for the profiles {sorted(missing)}")
+        return self
+
+    def path(self, value: str) -> Path:
+        """A configured path with ``{root}`` filled in; relative paths are relative to the config file."""
+        path = Path(value.replace("{root}", self.root))
+        return path if path.is_absolute() else Path(self.source).parent / path
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(f"{self.source}: datasets: no dataset {name!r}; registered: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+    def profile(self, name: str) -> ProfileConfig:
+        if name not in self.profiles:
+            raise ConfigError(f"{self.source}: profiles: no profile {name!r}; defined: {sorted(self.profiles)}")
+        return self.profiles[name]
+
+
+def expand_env(value: Any, environ: Mapping[str, str] = os.environ, key: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, environ, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, environ, f"{key}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if environ.get(name):
+            return environ[name]
+        if default is None:
+            raise ConfigError(f"{key}: environment variable {name} is not set and has no default (write ${{{name}:-default}})")
+        return default
+
+    return _ENV.sub(substitute, value)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    message = error["msg"]
+    if error["type"] not in ("missing", "extra_forbidden") and "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def load_config(path: str | Path | None = None) -> PipelinesConfig:
+    """Read and validate a pipelines file (default: ``$LYRICS_CONFIG`` or the repository's)."""
+    path = Path(path or os.environ.get("LYRICS_CONFIG") or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        raw = expand_env(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    try:
+        return PipelinesConfig.model_validate({**raw, "source": str(path.resolve())})
+    except ValidationError as e:
+        problems = "\n  ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"{path}: {e.error_count()} problem(s):\n  {problems}") from None
