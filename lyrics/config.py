@@ -41,13 +41,18 @@ class DatasetConfig(Strict):
 
 # --- model profiles -----------------------------------------------------------------------------
 class ComponentConfig(Strict):
-    # A local checkpoint (file or directory). In the tiny profile this is where the randomly
-    # initialised checkpoint is written once and loaded from, through the real loading code.
+    # A local checkpoint (file or directory) in the component's real upstream format.
     checkpoint: str
+    # The architecture: a small JSON file (open_clip style) under extract/configs/.
+    arch: str
 
 
 class ProfileConfig(Strict):
     seed: int = 0
+    # True (tiny): a missing checkpoint is created from `arch` with random weights from `seed`,
+    # saved in the real format, then loaded back through the real loading code.
+    # False (paper): a missing checkpoint is an error naming the path.
+    random_init: bool = False
     clip: ComponentConfig
     ram: ComponentConfig
     gdino: ComponentConfig

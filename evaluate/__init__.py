@@ -1,0 +1,1 @@
+"""Benchmarks and metrics (not built yet): REC, captioning, VQA, POPE, MME."""
