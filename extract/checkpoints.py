@@ -1,0 +1,100 @@
+"""Where a frozen model's weights come from, and its fingerprint for the cache manifest.
+
+Every component is described by a ``ComponentSpec``: its architecture JSON (``extract/configs/``),
+its checkpoint in the real upstream format, and whether a missing checkpoint may be created with
+random weights (the ``tiny`` profile). A created checkpoint is written once, atomically, and then
+loaded back through the same loading code a real checkpoint goes through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lyrics.config import PipelinesConfig
+
+# Environment variable that overrides each component's checkpoint path in the paper profile.
+CHECKPOINT_ENV = {
+    "clip": "LYRICS_CLIP_PATH",
+    "ram": "LYRICS_RAM_PATH",
+    "gdino": "LYRICS_GDINO_PATH",
+    "sam": "LYRICS_SAM_PATH",
+    "qformer": "LYRICS_QFORMER_PATH",
+    "llm": "LYRICS_LLM_PATH",
+}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # clip, ram, gdino, sam, qformer, llm
+    arch_path: Path
+    checkpoint: Path
+    random_init: bool
+    seed: int
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.arch_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.arch_path}: architecture file of {self.name} not found") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.arch_path}: not valid JSON ({e})") from e
+
+    def fingerprint(self) -> str:
+        """``seed:<seed>/arch:<hash>`` for random weights, else the checkpoint's content hash."""
+        if self.random_init:
+            arch_hash = hashlib.sha256(json.dumps(self.arch, sort_keys=True).encode()).hexdigest()[:16]
+            return f"seed:{self.seed}/arch:{arch_hash}"
+        return content_hash(self.checkpoint)
+
+    def ensure_checkpoint(self, create: Callable[[Path], None]) -> Path:
+        """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing."""
+        if self.checkpoint.exists():
+            return self.checkpoint
+        if not self.random_init:
+            env = CHECKPOINT_ENV.get(self.name)
+            hint = f" (set {env} to its location)" if env else ""
+            raise FileNotFoundError(f"{self.checkpoint}: {self.name} checkpoint not found{hint}")
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
+        try:
+            create(tmp)
+            os.replace(tmp, self.checkpoint)  # a folder or a file appears whole or not at all
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            elif tmp.exists():
+                tmp.unlink()
+        return self.checkpoint
+
+
+def component_spec(config: PipelinesConfig, profile_name: str, name: str) -> ComponentSpec:
+    profile = config.profile(profile_name)
+    component = getattr(profile, name)
+    return ComponentSpec(
+        name=name,
+        arch_path=config.path(component.arch),
+        checkpoint=config.path(component.checkpoint),
+        random_init=profile.random_init,
+        seed=profile.seed,
+    )
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()[:32]}"
