@@ -58,6 +58,7 @@ def lyrics_schema(
     gdino_queries: int = 900,
     max_objects: int = 32,
     refiner_width: int = 260,
+    mask_grid: int = 64,
 ) -> CacheSchema:
     """The cache of SPEC section 3.2; the defaults are the paper sizes (CLIP ViT-L/14, Q = 900)."""
     return CacheSchema(
@@ -66,6 +67,9 @@ def lyrics_schema(
             TensorField("gdino_tokens", (gdino_queries, refiner_width), select_by="gdino_scores"),
             TensorField("sam_tokens", (max_objects, refiner_width)),
             TensorField("sam_mask", (max_objects,), kind="mask"),
+            # Each object's SAM-HQ mask on the image-embedding grid (the mask its token averages
+            # over), kept so that `make show` can draw it; bool, compresses to a few hundred bytes.
+            TensorField("sam_masks", (max_objects, mask_grid, mask_grid), kind="mask"),
         )
     )
 

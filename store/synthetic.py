@@ -50,8 +50,7 @@ def synthetic_tensors(schema: CacheSchema, count: int, seed: int, extra_queries:
     out: dict[str, np.ndarray] = {}
     for f in schema.tensors:
         if f.kind == "mask":
-            valid = rng.integers(0, f.shape[0] + 1, size=count)
-            out[f.name] = np.arange(f.shape[0])[None, :] < valid[:, None]
+            out[f.name] = synthetic_masks(rng, count, f.shape)
             continue
         tokens = f.shape[0] + (extra_queries if f.select_by else 0)
         width = f.shape[-1]
@@ -61,3 +60,16 @@ def synthetic_tensors(schema: CacheSchema, count: int, seed: int, extra_queries:
         if f.select_by:
             out[f.select_by] = rng.uniform(0, 1, size=(count, tokens)).astype(np.float32)
     return out
+
+
+def synthetic_masks(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Valid-object masks (count, M) or per-object region masks (count, M, G, G) shaped like real ones: blobs, not noise."""
+    if len(shape) == 1:
+        return np.arange(shape[0])[None, :] < rng.integers(0, shape[0] + 1, size=(count, 1))
+    masks = np.zeros((count, *shape), dtype=bool)
+    grid = shape[-1]
+    for index in np.ndindex(count, shape[0]):
+        x1, y1 = rng.integers(0, grid - 1, size=2)
+        x2, y2 = x1 + 1 + rng.integers(0, grid - x1), y1 + 1 + rng.integers(0, grid - y1)
+        masks[index][y1:y2, x1:x2] = True
+    return masks

@@ -12,7 +12,7 @@ from pathlib import Path
 from lyrics.store import CacheIdentity, CacheWriter, StorageOptions, lyrics_schema
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
 
-SCHEMA = lyrics_schema(vit_tokens=5, vit_width=16, gdino_queries=6, max_objects=3, refiner_width=12)
+SCHEMA = lyrics_schema(vit_tokens=5, vit_width=16, gdino_queries=6, max_objects=3, refiner_width=12, mask_grid=4)
 IDENTITY = CacheIdentity(SCHEMA, StorageOptions(samples_per_chunk_file=4), {"profile": "test"}, {"clip": "seed:0"})
 PLAN = {"s0": 7, "s1": 5, "s2": 9, "s3": 4}  # shard name -> rows
 BATCH = 3

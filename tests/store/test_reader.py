@@ -8,7 +8,7 @@ from lyrics.store import CacheDataset, CacheExpectation, CacheIdentity, CacheMis
 from lyrics.store.reader import pad_collate
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
 
-SCHEMA = lyrics_schema(vit_tokens=3, vit_width=8, gdino_queries=4, max_objects=2, refiner_width=6)
+SCHEMA = lyrics_schema(vit_tokens=3, vit_width=8, gdino_queries=4, max_objects=2, refiner_width=6, mask_grid=4)
 SHARDS = {"a": 5, "b": 8, "c": 4}
 
 

@@ -7,7 +7,7 @@ from lyrics.store import CacheDataset, CacheIdentity, CacheWriter, StorageOption
 from lyrics.store.codecs import dequantize_int8, quantize_int8, select_top_q
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
 
-SCHEMA = lyrics_schema(vit_tokens=5, vit_width=32, gdino_queries=6, max_objects=3, refiner_width=20)
+SCHEMA = lyrics_schema(vit_tokens=5, vit_width=32, gdino_queries=6, max_objects=3, refiner_width=20, mask_grid=4)
 
 
 def write(root, storage: StorageOptions, schema=SCHEMA, extra_queries: int = 0, count: int = 10):
@@ -62,7 +62,7 @@ def test_top_q_keeps_best_queries_in_score_order(tmp_path):
     assert kept[0].tolist() == [tokens[0, 1].tolist(), tokens[0, 3].tolist(), tokens[0, 2].tolist()]  # ties keep order
     assert kept[1, 0].tolist() == tokens[1, 0].tolist()
 
-    schema = lyrics_schema(vit_tokens=5, vit_width=32, gdino_queries=2, max_objects=3, refiner_width=20)
+    schema = lyrics_schema(vit_tokens=5, vit_width=32, gdino_queries=2, max_objects=3, refiner_width=20, mask_grid=4)
     _, t, ds = write(tmp_path / "c", StorageOptions(top_q=2), schema=schema, extra_queries=4)
     best = select_top_q(t["gdino_tokens"], t["gdino_scores"], 2).astype(np.float16)
     assert ds[3]["gdino_tokens"].shape == (2, 20)
