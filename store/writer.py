@@ -92,6 +92,11 @@ class CacheWriter:
             raise FileExistsError(f"{self.shards_dir / name}: shard is already committed")
         return ShardWriter(self.shards_dir, name, source, self.identity)
 
+    def committed_rows(self, columns: Sequence[str]) -> pa.Table:
+        """Row columns of every committed shard, in shard order (for summaries before finalize)."""
+        tables = [pq.read_table(self.shards_dir / name / ROWS_NAME, columns=list(columns)) for name in sorted(self.committed())]
+        return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table().select(list(columns))
+
     def finalize(self, extra: Mapping[str, Any] | None = None) -> Manifest:
         """Rebuild the manifest from every committed shard and mark the cache complete."""
         records = tuple(
