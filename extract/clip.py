@@ -1,0 +1,97 @@
+"""CLIP ViT-L/14 image tokens: the second-to-last layer's hidden states, as BLIP-2 feeds them on.
+
+Weights are a local Hugging Face folder, either a ``CLIPVisionModel`` or a full ``CLIPModel``
+(such as openai/clip-vit-large-patch14, whose vision tower transformers loads alone). The image
+processor is built from the architecture file, so nothing is read from the hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+from lyrics.extract.checkpoints import ComponentSpec
+
+# A full CLIPModel folder also holds these weights; the vision tower does not use them.
+_OTHER_TOWER_PREFIXES = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
+
+
+class ClipVision:
+    """The frozen vision tower: PIL image -> (3, 224, 224) pixels -> (257, width) tokens."""
+
+    name = "clip"
+
+    def __init__(self, model: CLIPVisionModel, processor: CLIPImageProcessor, fingerprint: str) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.fingerprint = fingerprint
+        config = model.config
+        self.image_size: int = config.image_size
+        self.num_tokens: int = (config.image_size // config.patch_size) ** 2 + 1  # patches + CLS
+        self.width: int = config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Shortest side to 224 (bicubic), center crop, CLIP mean/std: CLIPImageProcessor itself."""
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, num_tokens, width) float32 on the model's device."""
+        expected = (3, self.image_size, self.image_size)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise ValueError(f"clip: expected pixels of shape (B, *{expected}), got {tuple(pixels.shape)}")
+        device = self.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = self.model(pixel_values=pixels.to(device), output_hidden_states=True)
+        # hidden_states[0] is the embedding output, [-1] the last layer's: BLIP-2 takes [-2].
+        return out.hidden_states[-2].float()
+
+    def to(self, device: torch.device | str) -> ClipVision:
+        self.model.to(device)
+        return self
+
+
+def load_clip(spec: ComponentSpec) -> ClipVision:
+    """The vision tower from ``spec.checkpoint`` (created first in the tiny profile)."""
+    arch = spec.arch
+    path = spec.ensure_checkpoint(lambda tmp: write_random_checkpoint(arch, spec.seed, tmp))
+    model = _load_vision_model(path)
+    _check_config(model.config, arch["vision_config"], path)
+    return ClipVision(model, CLIPImageProcessor(**arch["image_processor"]), spec.fingerprint())
+
+
+def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path) -> None:
+    """A CLIPVisionModel of ``arch`` with random weights from ``seed``, as a Hugging Face folder."""
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(CLIPVisionConfig(**arch["vision_config"]))
+    model.save_pretrained(path)  # safetensors
+    CLIPImageProcessor(**arch["image_processor"]).save_pretrained(path)
+
+
+def _load_vision_model(path: Path) -> CLIPVisionModel:
+    model, info = CLIPVisionModel.from_pretrained(
+        path, local_files_only=True, dtype=torch.float32, output_loading_info=True
+    )
+    missing = sorted(info["missing_keys"])
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(_OTHER_TOWER_PREFIXES))
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a CLIP vision checkpoint: missing keys {missing}, unexpected keys {unexpected}")
+    return model
+
+
+def _check_config(config: CLIPVisionConfig, expected: dict[str, Any], path: Path) -> None:
+    """The checkpoint's own config must be the architecture the profile names."""
+    actual = {key: getattr(config, key, None) for key in expected}
+    wrong = [key for key in expected if actual[key] != expected[key]]
+    if wrong:
+        details = ", ".join(f"{key}: checkpoint {actual[key]!r}, arch {expected[key]!r}" for key in wrong)
+        raise ValueError(f"{path}: CLIP checkpoint does not match its architecture file ({details})")
