@@ -20,14 +20,28 @@ from lyrics.extract.checkpoints import ComponentSpec
 _OTHER_TOWER_PREFIXES = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
 
 
+class ClipPreprocess:
+    """PIL image -> (3, 224, 224): shortest side to 224 (bicubic), center crop, CLIP mean/std.
+
+    CLIPImageProcessor itself, built from the architecture file alone (no weights), so the
+    extract job's CPU decode workers can run it without loading the model.
+    """
+
+    def __init__(self, arch: dict[str, Any]) -> None:
+        self.processor = CLIPImageProcessor(**arch["image_processor"])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
 class ClipVision:
     """The frozen vision tower: PIL image -> (3, 224, 224) pixels -> (257, width) tokens."""
 
     name = "clip"
 
-    def __init__(self, model: CLIPVisionModel, processor: CLIPImageProcessor, fingerprint: str) -> None:
+    def __init__(self, model: CLIPVisionModel, preprocess: ClipPreprocess, fingerprint: str) -> None:
         self.model = model.eval()
-        self.processor = processor
+        self.preprocess = preprocess
         self.fingerprint = fingerprint
         config = model.config
         self.image_size: int = config.image_size
@@ -37,10 +51,6 @@ class ClipVision:
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Shortest side to 224 (bicubic), center crop, CLIP mean/std: CLIPImageProcessor itself."""
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -65,7 +75,7 @@ def load_clip(spec: ComponentSpec) -> ClipVision:
     path = spec.ensure_checkpoint(lambda tmp: write_random_checkpoint(arch, spec.seed, tmp))
     model = _load_vision_model(path)
     _check_config(model.config, arch["vision_config"], path)
-    return ClipVision(model, CLIPImageProcessor(**arch["image_processor"]), spec.fingerprint())
+    return ClipVision(model, ClipPreprocess(arch), spec.fingerprint())
 
 
 def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path) -> None:

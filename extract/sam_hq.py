@@ -56,6 +56,28 @@ class SamObjects:
     masks: torch.Tensor  # (B, M, G, G) bool: the averaged cells on the embedding grid (padded square frame)
 
 
+class SamPreprocess:
+    """PIL image -> (3, S, S): longest side to S, SAM's normalization, zero padding to S x S.
+
+    What SamPredictor.set_image feeds the encoder (ResizeLongestSide, then Sam.preprocess), with
+    Sam's pixel statistics (non-persistent buffers set by every registry builder), so it runs in
+    the extract job's CPU decode workers without building the model.
+    """
+
+    PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53])[:, None, None]
+    PIXEL_STD = torch.tensor([58.395, 57.12, 57.375])[:, None, None]
+
+    def __init__(self, image_size: int = 1024) -> None:
+        self.image_size = image_size
+        self.transform = ResizeLongestSide(image_size)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized = torch.as_tensor(self.transform.apply_image(np.asarray(image.convert("RGB")))).permute(2, 0, 1)
+        pixels = (resized.float() - self.PIXEL_MEAN) / self.PIXEL_STD
+        height, width = pixels.shape[-2:]
+        return F.pad(pixels, (0, self.image_size - width, 0, self.image_size - height))
+
+
 class SamHq:
     """The frozen SAM-HQ: PIL image -> (3, S, S) padded pixels; pixels + boxes -> object tokens."""
 
@@ -67,16 +89,11 @@ class SamHq:
         self.fingerprint = fingerprint
         self.image_size: int = model.image_encoder.img_size
         self.transform = ResizeLongestSide(self.image_size)
+        self.preprocess = SamPreprocess(self.image_size)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Longest side to S, SAM's normalization, zero padding to S x S: as SamPredictor.set_image."""
-        resized = self.transform.apply_image(np.asarray(image.convert("RGB")))
-        pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)
-        return self.model.preprocess(pixels).cpu()
 
     @torch.inference_mode()
     def __call__(
