@@ -48,11 +48,14 @@ class ComponentSpec:
             raise ValueError(f"{self.arch_path}: not valid JSON ({e})") from e
 
     def fingerprint(self) -> str:
-        """``seed:<seed>/arch:<hash>`` for random weights, else the checkpoint's content hash."""
-        if self.random_init:
-            arch_hash = hashlib.sha256(json.dumps(self.arch, sort_keys=True).encode()).hexdigest()[:16]
-            return f"seed:{self.seed}/arch:{arch_hash}"
-        return content_hash(self.checkpoint)
+        """``seed:<seed>/arch:<hash>`` for random weights, else ``sha256:<checkpoint>/arch:<hash>``.
+
+        The architecture file is part of it because it also holds preprocessing settings that
+        change the features (input sizes, normalization) without touching the weights.
+        """
+        arch_hash = hashlib.sha256(json.dumps(self.arch, sort_keys=True).encode()).hexdigest()[:16]
+        weights = f"seed:{self.seed}" if self.random_init else content_hash(self.checkpoint)
+        return f"{weights}/arch:{arch_hash}"
 
     def ensure_checkpoint(self, create: Callable[[Path], None]) -> Path:
         """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing."""

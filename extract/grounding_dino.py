@@ -90,6 +90,22 @@ class Prompt:
     detect: bool  # False for an untagged image: tokens only
 
 
+class GdinoPreprocess:
+    """RGB PIL -> (3, H, W): upstream's resize (short side, long side capped), ToTensor, mean/std.
+
+    Needs only the architecture's image settings, so the extract job's CPU decode workers run it
+    without the model.
+    """
+
+    def __init__(self, image: dict[str, int]) -> None:
+        self.short_side: int = image["short_side"]
+        self.max_size: int = image["max_size"]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized, _ = gd_transforms.resize(image.convert("RGB"), None, self.short_side, self.max_size)
+        return TF.normalize(TF.to_tensor(resized), MEAN, STD)
+
+
 class GroundingDino:
     """The frozen detector: PIL image -> pixels; pixels + tags -> ``Detections`` per image."""
 
@@ -98,19 +114,13 @@ class GroundingDino:
     def __init__(self, model: nn.Module, image: dict[str, int], fingerprint: str) -> None:
         self.model = model.eval()
         self.fingerprint = fingerprint
-        self.short_side: int = image["short_side"]
-        self.max_size: int = image["max_size"]
+        self.preprocess = GdinoPreprocess(image)
         self.pad_multiple: int = image["pad_multiple"]
         self.num_queries: int = model.num_queries
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL -> (3, H, W): upstream's resize (short side, long side capped), ToTensor, mean/std."""
-        resized, _ = gd_transforms.resize(image.convert("RGB"), None, self.short_side, self.max_size)
-        return TF.normalize(TF.to_tensor(resized), MEAN, STD)
 
     @torch.inference_mode()
     def __call__(
