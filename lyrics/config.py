@@ -76,6 +76,8 @@ class DetectionConfig(Strict):
 class ExtractionConfig(Strict):
     profile: str = "tiny"
     batch_size: int = Field(8, ge=1)
+    decode_workers: int = Field(1, ge=1, description="Ray actors that read, decode and preprocess")
+    actors_per_model: int = Field(1, ge=1, description="Ray actors per frozen model (GPU: one per GPU share)")
     max_objects: int = Field(32, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit, checked before decoding")
     storage: StorageConfig = StorageConfig()

@@ -1,0 +1,230 @@
+"""Phase 1 as a Ray Data job: input shards -> decode + preprocess (CPU tasks) -> CLIP, RAM++,
+Grounding-DINO, SAM-HQ (one actor pool each, batched) -> cache shards written through ``store``.
+
+The unit of work is a *chunk*: up to ``batch_size`` images of one input shard. Chunks never span
+shards, so a shard's content does not depend on what else runs, and a resumed job (committed
+shards are skipped, partial ones redone) writes exactly what an uninterrupted one writes. The
+driver receives chunks in order and commits each cache shard when its last chunk arrives.
+``ray.init()`` starts Ray locally, or joins the cluster named by ``RAY_ADDRESS``, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lyrics.config import ConfigError, PipelinesConfig
+from lyrics.data.webdataset import expand_shards, iter_shard
+from lyrics.data.errors import DataFormatError
+from lyrics.extract.images import ImageRejected, decode_image
+from lyrics.extract.refiner import STAGES, Chunk, cache_schema, fingerprints, load_stage, new_chunk, preprocessors, run_stage
+from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
+
+CACHE_DIR = "cache"
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """Everything one run needs, resolved and checked before any work starts."""
+
+    config: PipelinesConfig
+    dataset: str
+    profile: str
+    shards: tuple[Path, ...]
+    cache_root: Path
+
+    @classmethod
+    def plan(cls, config: PipelinesConfig, dataset: str, profile: str | None = None, cache_root: Path | None = None) -> ExtractJob:
+        profile = profile or config.extraction.profile
+        config.profile(profile)  # unknown profile: refused now, naming the file
+        source = config.dataset(dataset)
+        pattern = config.path(source.path)
+        try:
+            shards = tuple(expand_shards(pattern))
+        except DataFormatError as e:
+            raise ConfigError(
+                f"dataset {dataset!r}: its shards are not there ({e}).\n"
+                f"  Looked at: {pattern}\n  They are produced by: {source.produced_by}"
+            ) from None
+        return cls(config, dataset, profile, shards, cache_root or default_cache_root(config, dataset, profile))
+
+
+def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
+    """The settings that decide a cache's content (its identity, with the model fingerprints)."""
+    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size"})}
+
+
+def default_cache_root(config: PipelinesConfig, dataset: str, profile: str) -> Path:
+    """``{root}/cache/<dataset>/<profile>-<hash of the settings>``: one root per (dataset, extraction config)."""
+    settings = {**extraction_settings(config, profile), "storage": config.extraction.storage.model_dump()}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return config.path(f"{{root}}/{CACHE_DIR}/{dataset}/{profile}-{digest}")
+
+
+def shard_name(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+# --- stage 1: read, decode once, preprocess for every model (CPU tasks) -----------------------------
+class DecodeStage:
+    """Turns one input shard into chunks of preprocessed images; undecodable inputs become skips."""
+
+    def __init__(self, config: PipelinesConfig, profile: str, dataset: str) -> None:
+        self.preprocessors = preprocessors(config, profile)
+        self.max_pixels = config.extraction.max_image_pixels
+        self.batch_size = config.extraction.batch_size
+        self.dataset = dataset
+
+    def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        shard = Path(item["shard"])
+        name = shard_name(shard)
+        samples, skips, count = [], [], 0
+        chunks: list[list[dict[str, Any]]] = []
+        for sample in iter_shard(shard):
+            count += 1
+            uid = sample_id(self.dataset, name, sample.key)
+            try:
+                image = decode_image(sample.image_bytes, self.max_pixels)
+            except ImageRejected as e:
+                skips.append({"id": uid, "file": f"{shard}:{sample.key}", "reason": str(e)})
+                continue
+            samples.append({"id": uid, "key": sample.key, "caption": sample.caption, "meta": sample.meta, "image": image})
+            if len(samples) == self.batch_size:
+                chunks.append(samples)
+                samples = []
+        if samples or not chunks:
+            chunks.append(samples)
+        for index, members in enumerate(chunks):
+            last = index == len(chunks) - 1
+            record = {"shard": name, "source": str(shard), "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
+            record["skips"] = skips if last else []
+            record["inputs"] = count if last else 0
+            if members:
+                pixels = [{name: prep(m["image"]) for name, prep in self.preprocessors.items()} for m in members]
+                record.update(new_chunk(pixels, [m["image"].size for m in members]))
+            yield {"record": record}
+
+
+def _row_fields(member: dict[str, Any]) -> dict[str, Any]:
+    width, height = member["image"].size
+    return {"id": member["id"], "key": member["key"], "caption": member["caption"], "meta": member["meta"], "width": width, "height": height}
+
+
+# --- stage 2: one frozen model per actor pool ---------------------------------------------------------
+class ModelStage:
+    def __init__(self, config: PipelinesConfig, profile: str, name: str) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            # The actors share the CPU: one thread each, or their threads spin-wait on each other.
+            torch.set_num_threads(1)
+        self.name, self.settings = name, config.extraction
+        self.model = load_stage(config, profile, name)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        record: Chunk = item["record"]
+        if record["rows"]:
+            record = run_stage(self.name, self.model, record, self.settings)
+        return {"record": record}
+
+
+# --- stage 3: rows for the store, written by the driver -----------------------------------------------
+def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
+    rows = []
+    for i, r in enumerate(record["rows"]):
+        rows.append(
+            {
+                "id": r["id"],
+                "dataset": dataset,
+                "shard": record["shard"],
+                "key": r["key"],
+                "caption": r["caption"],
+                "width": r["width"],
+                "height": r["height"],
+                "tags": record["tags"][i],
+                "tag_scores": [float(s) for s in record["tag_scores"][i]],
+                "boxes": record["boxes"][i].tolist(),
+                "box_labels": record["box_labels"][i],
+                "box_scores": record["box_scores"][i].tolist(),
+                "spatial_text": record["spatial_text"][i],
+                "source": json.dumps({"file": record["source"], **(r["meta"] or {})}, sort_keys=True),
+            }
+        )
+    return rows
+
+
+TENSOR_KEYS = ("vit_tokens", "gdino_tokens", "gdino_scores", "sam_tokens", "sam_mask", "sam_masks")
+
+
+def run(job: ExtractJob, progress: bool = True) -> Manifest:
+    import ray
+
+    config = job.config
+    schema = cache_schema(config, job.profile)
+    storage = StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
+    identity = CacheIdentity(schema, storage, extraction_settings(config, job.profile), fingerprints(config, job.profile))
+    writer = CacheWriter(job.cache_root, identity)
+    todo = [s for s in job.shards if shard_name(s) not in writer.committed()]
+    if todo:
+        _run_ray(ray, job, writer, todo, progress)
+    return writer.finalize(extra=_summary(writer, job))
+
+
+def _run_ray(ray: Any, job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: bool) -> None:
+    import ray.data
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # chunks arrive in shard order: commit as we go
+    context.enable_progress_bars = False  # our own bar counts rows, rows/s and skips
+    context.issue_detectors_config.detectors = []  # memory advice meant for long-running clusters
+    settings = job.config.extraction
+    resources = ray.cluster_resources()
+    pools = settings.decode_workers + settings.actors_per_model * len(STAGES)
+    # Every pool must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
+    cpus = min(1.0, resources.get("CPU", 1) / pools)
+    gpus = min(1.0, resources.get("GPU", 0) / (settings.actors_per_model * len(STAGES)))
+    args = (job.config, job.profile)
+    ds = ray.data.from_items([{"shard": str(s)} for s in todo]).flat_map(
+        DecodeStage, fn_constructor_args=(*args, job.dataset), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus
+    )
+    for name in STAGES:
+        pool = ray.data.ActorPoolStrategy(size=settings.actors_per_model)
+        ds = ds.map(ModelStage, fn_constructor_args=(*args, name), compute=pool, num_cpus=cpus, num_gpus=gpus)
+    counts: Counter[str] = Counter()
+    start = time.perf_counter()
+    bar = tqdm(total=None, unit="row", desc=f"extract {job.dataset}", disable=not progress)
+    shard_writer = None
+    for item in ds.iter_rows():
+        record = item["record"]
+        if shard_writer is None:
+            shard_writer = writer.open_shard(record["shard"], record["source"])
+        if record["rows"]:
+            shard_writer.add_batch(store_rows(job.dataset, record), {k: record[k] for k in TENSOR_KEYS})
+        for skip in record["skips"]:
+            shard_writer.skip(**skip)
+        counts["rows"] += len(record["rows"])
+        counts["skipped"] += len(record["skips"])
+        bar.update(len(record["rows"]))
+        bar.set_postfix(rows_per_s=f"{counts['rows'] / (time.perf_counter() - start):.2f}", skipped=counts["skipped"])
+        if record["last"]:
+            shard_writer.commit()
+            shard_writer = None
+    bar.close()
+
+
+def _summary(writer: CacheWriter, job: ExtractJob) -> dict[str, Any]:
+    """Counts for the manifest: every input is a row or a skip; rows without a caption are listed."""
+    rows = writer.committed_rows(["id", "caption"])
+    missing = [uid for uid, caption in zip(rows.column("id").to_pylist(), rows.column("caption").to_pylist()) if not caption]
+    return {"dataset": job.dataset, "profile": job.profile, "input_shards": [str(s) for s in job.shards], "missing_caption": missing}

@@ -1,0 +1,173 @@
+"""The frozen models as one pipeline: CLIP ViT tokens, and the visual refiner RAM++ -> Grounding-DINO -> SAM-HQ.
+
+The same stage functions serve the Ray job (each stage in its own actor pool, on a chunk of one
+shard's images) and the online path (``refine(image)``, one image, for inference and the demo).
+A chunk is a plain dict that every stage reads from and adds its outputs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lyrics.config import ExtractionConfig, PipelinesConfig
+from lyrics.extract.checkpoints import component_spec
+from lyrics.extract.clip import ClipPreprocess, ClipVision, load_clip
+from lyrics.extract.grounding_dino import GdinoPreprocess, GroundingDino, load_grounding_dino
+from lyrics.extract.ram_plus import RamPlusTagger, RamPreprocess, load_ram_plus
+from lyrics.extract.sam_hq import SamHq, SamPreprocess, load_sam_hq
+from lyrics.spatial_text import format_objects
+from lyrics.store import CacheSchema, lyrics_schema
+
+Chunk = dict[str, Any]
+STAGES = ("clip", "ram", "gdino", "sam")
+LOADERS = {"clip": load_clip, "ram": load_ram_plus, "gdino": load_grounding_dino, "sam": load_sam_hq}
+# Each model's preprocessing, built from its architecture file alone (no weights): the job's CPU
+# decode workers run these; the loaded models use the very same classes.
+PREPROCESSORS: dict[str, Callable[[dict[str, Any]], Callable[[Image.Image], torch.Tensor]]] = {
+    "clip": ClipPreprocess,
+    "ram": lambda arch: RamPreprocess(arch["image_size"]),
+    "gdino": lambda arch: GdinoPreprocess(arch["image"]),
+    "sam": lambda arch: SamPreprocess(),
+}
+
+
+def load_stage(config: PipelinesConfig, profile: str, name: str, device: str | None = None) -> Any:
+    """One frozen model of a profile, on ``device`` (default: cuda when available)."""
+    model = LOADERS[name](component_spec(config, profile, name))
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def fingerprints(config: PipelinesConfig, profile: str) -> dict[str, str]:
+    return {name: component_spec(config, profile, name).fingerprint() for name in STAGES}
+
+
+def preprocessors(config: PipelinesConfig, profile: str) -> dict[str, Callable[[Image.Image], torch.Tensor]]:
+    return {name: PREPROCESSORS[name](component_spec(config, profile, name).arch) for name in STAGES}
+
+
+def cache_schema(config: PipelinesConfig, profile: str) -> CacheSchema:
+    """The cache's tensor shapes, from the architecture files (no weights loaded)."""
+    vision = component_spec(config, profile, "clip").arch["vision_config"]
+    queries = component_spec(config, profile, "gdino").arch["model"]["num_queries"]
+    settings = config.extraction
+    return lyrics_schema(
+        vit_tokens=(vision["image_size"] // vision["patch_size"]) ** 2 + 1,
+        vit_width=vision["hidden_size"],
+        gdino_queries=settings.storage.top_q or queries,
+        max_objects=settings.max_objects,
+    )
+
+
+@dataclass
+class FrozenModels:
+    clip: ClipVision
+    ram: RamPlusTagger
+    gdino: GroundingDino
+    sam: SamHq
+    settings: ExtractionConfig
+
+    @classmethod
+    def load(cls, config: PipelinesConfig, profile: str | None = None, device: str | None = None) -> FrozenModels:
+        profile = profile or config.extraction.profile
+        return cls(*(load_stage(config, profile, name, device) for name in STAGES), settings=config.extraction)
+
+    def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).preprocess(image) for name in STAGES}
+
+    def run(self, chunk: Chunk) -> Chunk:
+        for name in STAGES:
+            chunk = run_stage(name, getattr(self, name), chunk, self.settings)
+        return chunk
+
+
+def new_chunk(pixels: list[dict[str, torch.Tensor]], sizes: list[tuple[int, int]]) -> Chunk:
+    """A chunk of B images: stacked fixed-size inputs, a list for Grounding-DINO's variable sizes."""
+    return {
+        "sizes": sizes,  # (width, height) of each decoded image
+        "clip_pixels": torch.stack([p["clip"] for p in pixels]),
+        "ram_pixels": torch.stack([p["ram"] for p in pixels]),
+        "gdino_pixels": [p["gdino"] for p in pixels],
+        "sam_pixels": torch.stack([p["sam"] for p in pixels]),
+    }
+
+
+def run_stage(name: str, model: Any, chunk: Chunk, settings: ExtractionConfig) -> Chunk:
+    """Run one frozen model on a chunk, batched, and add its outputs (numpy, CPU) to the chunk."""
+    with torch.inference_mode():
+        if name == "clip":
+            chunk["vit_tokens"] = model(chunk.pop("clip_pixels").to(model.device)).float().cpu().numpy()
+        elif name == "ram":
+            tagged = model(chunk.pop("ram_pixels").to(model.device))
+            chunk["tags"] = [[t for t, _ in image_tags] for image_tags in tagged]
+            chunk["tag_scores"] = [[s for _, s in image_tags] for image_tags in tagged]
+        elif name == "gdino":
+            detect = settings.detection
+            detections = model(
+                [p.to(model.device) for p in chunk.pop("gdino_pixels")],
+                chunk["tags"],
+                box_threshold=detect.box_threshold,
+                text_threshold=detect.text_threshold,
+                nms_iou=detect.nms_iou,
+                max_boxes=settings.max_objects,
+            )
+            chunk["boxes"] = [d.boxes.float().cpu().numpy() for d in detections]
+            chunk["box_labels"] = [list(d.labels) for d in detections]
+            chunk["box_scores"] = [d.scores.float().cpu().numpy() for d in detections]
+            chunk["gdino_tokens"] = np.stack([d.tokens.float().cpu().numpy() for d in detections])
+            chunk["gdino_scores"] = np.stack([d.query_scores.float().cpu().numpy() for d in detections])
+        elif name == "sam":
+            objects = model(
+                chunk.pop("sam_pixels").to(model.device),
+                [torch.from_numpy(b) for b in chunk["boxes"]],
+                [(h, w) for w, h in chunk["sizes"]],
+                max_objects=settings.max_objects,
+            )
+            chunk["sam_tokens"] = objects.tokens.float().cpu().numpy()
+            chunk["sam_mask"] = objects.valid.cpu().numpy()
+            chunk["sam_masks"] = objects.masks.cpu().numpy()
+        else:
+            raise KeyError(f"no frozen model stage {name!r}; stages are {STAGES}")
+    if name == "gdino":
+        chunk["spatial_text"] = [format_objects(labels, boxes.tolist()) for labels, boxes in zip(chunk["box_labels"], chunk["boxes"])]
+    return chunk
+
+
+@dataclass(frozen=True)
+class Refined:
+    """What the frozen models say about one image (the online path)."""
+
+    tags: list[str]
+    tag_scores: list[float]
+    boxes: np.ndarray  # (N, 4) normalized xyxy
+    box_labels: list[str]
+    box_scores: list[float]
+    spatial_text: str
+    vit_tokens: np.ndarray
+    gdino_tokens: np.ndarray
+    sam_tokens: np.ndarray
+    sam_mask: np.ndarray
+    sam_masks: np.ndarray
+
+
+def refine(image: Image.Image, models: FrozenModels) -> Refined:
+    """Run every frozen model on one upright RGB image."""
+    chunk = models.run(new_chunk([models.preprocess(image)], [image.size]))
+    return Refined(
+        tags=chunk["tags"][0],
+        tag_scores=chunk["tag_scores"][0],
+        boxes=chunk["boxes"][0],
+        box_labels=chunk["box_labels"][0],
+        box_scores=chunk["box_scores"][0].tolist(),
+        spatial_text=chunk["spatial_text"][0],
+        vit_tokens=chunk["vit_tokens"][0],
+        gdino_tokens=chunk["gdino_tokens"][0],
+        sam_tokens=chunk["sam_tokens"][0],
+        sam_mask=chunk["sam_mask"][0],
+        sam_masks=chunk["sam_masks"][0],
+    )
