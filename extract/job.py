@@ -10,7 +10,6 @@ driver receives chunks in order and commits each cache shard when its last chunk
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,11 +26,9 @@ from lyrics.config import ConfigError, PipelinesConfig
 from lyrics.data.webdataset import expand_shards, iter_shard
 from lyrics.data.errors import DataFormatError
 from lyrics.extract.images import ImageRejected, decode_image
+from lyrics.extract.cache_location import default_cache_root, extraction_settings
 from lyrics.extract.refiner import STAGES, Chunk, cache_schema, fingerprints, load_stage, new_chunk, preprocessors, run_stage
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
-
-CACHE_DIR = "cache"
-
 
 @dataclass(frozen=True)
 class ExtractJob:
@@ -57,18 +54,6 @@ class ExtractJob:
                 f"  Looked at: {pattern}\n  They are produced by: {source.produced_by}"
             ) from None
         return cls(config, dataset, profile, shards, cache_root or default_cache_root(config, dataset, profile))
-
-
-def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
-    """The settings that decide a cache's content (its identity, with the model fingerprints)."""
-    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size"})}
-
-
-def default_cache_root(config: PipelinesConfig, dataset: str, profile: str) -> Path:
-    """``{root}/cache/<dataset>/<profile>-<hash of the settings>``: one root per (dataset, extraction config)."""
-    settings = {**extraction_settings(config, profile), "storage": config.extraction.storage.model_dump()}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return config.path(f"{{root}}/{CACHE_DIR}/{dataset}/{profile}-{digest}")
 
 
 def shard_name(path: Path) -> str:

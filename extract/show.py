@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 from lyrics.config import load_config  # noqa: E402
 from lyrics.data.webdataset import iter_shard  # noqa: E402
 from lyrics.extract.images import decode_image  # noqa: E402
-from lyrics.extract.job import default_cache_root  # noqa: E402
+from lyrics.extract.cache_location import default_cache_root  # noqa: E402
 from lyrics.store import CacheDataset  # noqa: E402
 
 COLUMNS = 4
