@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -196,6 +197,8 @@ def _run_ray(ray: Any, job: ExtractJob, writer: CacheWriter, todo: list[Path], p
             shard_writer = writer.open_shard(record["shard"], record["source"])
         if record["rows"]:
             shard_writer.add_batch(store_rows(job.dataset, record), {k: record[k] for k in TENSOR_KEYS})
+        if os.environ.get("LYRICS_EXTRACT_KILL_AT") == f"{record['shard']}:{record['chunk']}":
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: die mid-shard
         for skip in record["skips"]:
             shard_writer.skip(**skip)
         counts["rows"] += len(record["rows"])

@@ -1,0 +1,143 @@
+"""The extract phase end to end: `make extract` on the sample and the fuzz set, SIGKILL + resume.
+
+The runs use a copy of pipelines.yaml whose root is a temporary folder (LYRICS_CONFIG), with at
+most 4 objects per image so that SAM-HQ's decoder keeps the suite quick.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lyrics.config import DEFAULT_CONFIG, REPO_ROOT, load_config
+from lyrics.extract.cache_location import default_cache_root
+from lyrics.extract.refiner import fingerprints
+from lyrics.spatial_text import parse_objects
+from lyrics.store import CacheDataset, CacheExpectation, read_manifest
+
+MAX_OBJECTS = 4
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("extract")
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["root"] = str(root)
+    raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=4)
+    for component in raw["profiles"]["tiny"].values():
+        if isinstance(component, dict):  # architecture files stay the repository's
+            component["arch"] = str(REPO_ROOT / component["arch"])
+    path = root / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def environment(config_path: Path) -> dict[str, str]:
+    return {**os.environ, "LYRICS_CONFIG": str(config_path), "OMP_NUM_THREADS": "1"}
+
+
+def extract(config_path: Path, data: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "lyrics.extract", "--data", data] + (["--cache", str(cache)] if cache else [])
+    return subprocess.run(args, env=environment(config_path), capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def sample_cache(config_path) -> Path:
+    """`make extract DATA=sample` with the test configuration: builds the sample set, then extracts."""
+    result = subprocess.run(["make", "extract", "DATA=sample"], cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = load_config(config_path)
+    return default_cache_root(config, "sample", "tiny")
+
+
+def test_sample_cache_has_every_image_with_consistent_fields(config_path, sample_cache):
+    config = load_config(config_path)
+    manifest = read_manifest(sample_cache)
+    assert manifest.complete and manifest.rows == 16 and not manifest.skipped
+    assert [s.name for s in manifest.shards] == ["00000", "00001"]
+    assert manifest.identity.fingerprints == fingerprints(config, "tiny")
+
+    expect = CacheExpectation(fingerprints=fingerprints(config, "tiny"), tensor_shapes={"vit_tokens": (257, 64), "sam_tokens": (MAX_OBJECTS, 260)})
+    ds = CacheDataset(sample_cache, expect=expect)
+    ids = [ds[i]["id"] for i in range(len(ds))]
+    assert len(set(ids)) == 16 and ids[0] == "sample/00000/000000000"
+    for i in range(len(ds)):
+        item = ds[i]
+        boxes = np.asarray(item["boxes"], dtype=np.float32).reshape(-1, 4)
+        assert len(boxes) <= MAX_OBJECTS and len(boxes) == len(item["box_labels"]) == len(item["box_scores"])
+        assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] >= boxes[:, :2])
+        assert all(s >= config.extraction.detection.box_threshold for s in item["box_scores"])
+        assert item["sam_mask"].sum().item() == len(boxes)
+        assert torch_equal(item["sam_tokens"][: len(boxes), 256:].float().numpy(), boxes, atol=1e-3)
+        assert not item["sam_tokens"][len(boxes) :].any()
+        assert all(item["sam_masks"][n].any() for n in range(len(boxes)))  # every object has a mask
+        parsed = parse_objects(item["spatial_text"])
+        assert [label for label, _ in parsed] == item["box_labels"]
+        assert torch_equal(np.array([b for _, b in parsed]).reshape(-1, 4), boxes, atol=1 / 999)
+        assert item["caption"] and item["width"] > 0 and json.loads(item["source"])["sample_key"]
+    assert sum(len(ds[i]["tags"]) > 0 for i in range(len(ds))) >= 12  # RAM++ tags most photos
+
+
+def torch_equal(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol))
+
+
+def test_fuzz_inputs_are_rows_or_listed_skips(config_path, sample_cache):
+    result = extract(config_path, "fuzz")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = load_config(config_path)
+    fuzz_dir = config.path("{root}/data/sample/fuzz")
+    expected = json.loads((fuzz_dir / "expected.json").read_text())["samples"]
+    cache = default_cache_root(config, "fuzz", "tiny")
+    manifest = read_manifest(cache)
+    skipped = {s.id.rsplit("/", 1)[1]: s.reason.split(":")[0] for s in manifest.skipped}
+    assert manifest.rows + len(skipped) == len(expected)  # nothing vanishes
+    assert skipped == {key: case["reason"] for key, case in expected.items() if case["expect"] == "skip"}
+    rows = {item["key"]: item for item in (CacheDataset(cache, fields=["sam_mask"])[i] for i in range(manifest.rows))}
+    for key, case in expected.items():
+        if case["expect"] == "ok":
+            assert [rows[key]["width"], rows[key]["height"]] == case["size"], case["name"]  # upright RGB size
+    missing = [key for key, case in expected.items() if case["missing_caption"]]
+    assert rows[missing[0]]["caption"] is None
+    assert manifest.extra["missing_caption"] == [rows[missing[0]]["id"]]
+    assert "skipped" in result.stdout and "truncated" in result.stdout
+
+
+def test_missing_dataset_files_stop_at_once_naming_the_path(config_path):
+    result = extract(config_path, "laion")
+    assert result.returncode != 0
+    assert "data/laion400m/{00000..41407}.tar" in result.stderr and "img2dataset" in result.stderr
+    assert "Traceback" not in result.stderr.splitlines()[-1]
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_cache, tmp_path):
+    cache = tmp_path / "resumed"
+    args = [sys.executable, "-m", "lyrics.extract", "--data", "sample", "--cache", str(cache)]
+    # The driver SIGKILLs itself right after writing the first chunk of the second shard.
+    env = {**environment(config_path), "LYRICS_EXTRACT_KILL_AT": "00001:0"}
+    proc = subprocess.run(args, env=env, capture_output=True, start_new_session=True, timeout=900)
+    assert proc.returncode == -signal.SIGKILL
+    shards = cache / "shards"
+    assert (shards / "00000" / "shard.json").exists() and not (shards / "00001").exists()
+    assert any(p.name.startswith(".tmp-00001-") for p in shards.iterdir()), "the second shard should be half written"
+    assert not read_manifest(cache).complete
+
+    result = extract(config_path, "sample", cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not any(p.name.startswith(".tmp-") for p in shards.iterdir())
+    a, b = CacheDataset(sample_cache), CacheDataset(cache)
+    assert read_manifest(cache).shards == read_manifest(sample_cache).shards
+    assert len(a) == len(b) == 16
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        for key in x:
+            if hasattr(x[key], "numpy"):
+                assert np.array_equal(x[key].numpy(), y[key].numpy()), (x["id"], key)
+            else:
+                assert x[key] == y[key], (x["id"], key)
