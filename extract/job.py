@@ -170,6 +170,7 @@ def _run_ray(ray: Any, job: ExtractJob, writer: CacheWriter, todo: list[Path], p
     import ray.data
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar reports progress; keep Ray's plan logs in its files
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # chunks arrive in shard order: commit as we go
     context.enable_progress_bars = False  # our own bar counts rows, rows/s and skips

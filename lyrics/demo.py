@@ -5,7 +5,7 @@ Each step prints what it wrote; the run ends with the paths of the results and p
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
 
 from lyrics.config import load_config
 from lyrics.data.sample.build import build_sample, is_complete
@@ -13,7 +13,6 @@ from lyrics.data.sample.draw import draw_annotations
 
 # Phases of the design card that this checkout does not implement yet (no fake steps).
 NOT_BUILT = {
-    "extract": "make extract DATA=sample (phase 1: CLIP, RAM++, Grounding-DINO, SAM-HQ -> cache)",
     "pretrain": "make pretrain (phase 2a: MQ-Former with ITC, ITM, ICG, MSP)",
     "finetune": "make finetune (phase 2b: projection + LoRA on a causal LLM)",
     "eval": "make eval BENCH=... (REC, captioning, VQA, POPE, MME)",
@@ -31,9 +30,18 @@ def main() -> None:
     else:
         index = build_sample(sample_dir)
         print(f"built {index.images} images, {index.objects} boxes, {index.refs} referring expressions, {index.questions} questions")
-    grid = pictures / "sample_annotations.png"
-    draw_annotations(grid)
-    print(f"annotation boxes drawn on every photo: {grid}")
+    annotations_png = draw_annotations(pictures / "sample_annotations.png")
+
+    print(f"\n== phase 1: extract (profile {config.extraction.profile}; a rerun resumes from the cache)")
+    # Imported here: the frozen models' packages take a few seconds to import.
+    from lyrics.extract.job import ExtractJob, run
+    from lyrics.extract.show import draw_cache
+
+    job = ExtractJob.plan(config, "sample")
+    manifest = run(job)
+    reasons = Counter(skip.reason.split(":")[0] for skip in manifest.skipped)
+    print(f"cache: {job.cache_root}: {manifest.rows} rows, {len(manifest.skipped)} skipped {dict(reasons) or ''}")
+    refiner_png = draw_cache(job.cache_root, pictures / "refiner_sample.png")
 
     print("\n== phases not built yet")
     for step in NOT_BUILT.values():
@@ -42,9 +50,11 @@ def main() -> None:
     print("\n== results")
     for label, path in [
         ("sample data (WebDataset, COCO, RefCOCO, VQAv2, LLaVA, fuzz set)", sample_dir),
-        ("annotation picture", grid),
+        ("annotation boxes drawn on every photo", annotations_png),
+        ("feature cache (Zarr + Parquet + manifest.json)", job.cache_root),
+        ("refiner tags, boxes and masks drawn from the cache", refiner_png),
     ]:
-        print(f"  {label}: {Path(path)}")
+        print(f"  {label}: {path}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from lyrics.data.sample.photos import open_photo  # noqa: E402
 COLUMNS = 4
 
 
-def draw_annotations(out: Path, annotations_path: Path = DEFAULT_ANNOTATIONS_PATH) -> None:
+def draw_annotations(out: Path, annotations_path: Path = DEFAULT_ANNOTATIONS_PATH) -> Path:
     annotations = load_annotations(annotations_path)
     rows = max(1, math.ceil(len(annotations.images) / COLUMNS))
     figure, axes = plt.subplots(rows, COLUMNS, figsize=(4 * COLUMNS, 4 * rows), squeeze=False)
@@ -36,6 +36,7 @@ def draw_annotations(out: Path, annotations_path: Path = DEFAULT_ANNOTATIONS_PAT
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=80)
     plt.close(figure)
+    return out
 
 
 def main() -> None:

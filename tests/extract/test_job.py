@@ -145,3 +145,20 @@ def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_
                 assert np.array_equal(x[key].numpy(), y[key].numpy()), (x["id"], key)
             else:
                 assert x[key] == y[key], (x["id"], key)
+
+
+def test_online_refine_of_one_image_matches_its_cache_row(config_path, sample_cache):
+    from lyrics.extract.refiner import FrozenModels, refine
+    from lyrics.extract.show import load_images
+
+    config = load_config(config_path)
+    models = FrozenModels.load(config, "tiny", device="cpu")
+    item = CacheDataset(sample_cache)[5]
+    image = load_images({item["id"]: (json.loads(item["source"])["file"], item["key"])})[item["id"]]
+    refined = refine(image, models)
+    assert refined.tags == item["tags"] and refined.box_labels == item["box_labels"]
+    assert refined.spatial_text == item["spatial_text"]
+    assert np.allclose(refined.boxes, np.asarray(item["boxes"]).reshape(-1, 4), atol=1e-4)
+    assert np.allclose(refined.vit_tokens, item["vit_tokens"].float().numpy(), rtol=2e-3, atol=2e-3)
+    assert np.allclose(refined.sam_tokens, item["sam_tokens"].float().numpy(), rtol=2e-3, atol=2e-3)
+    assert np.array_equal(refined.sam_mask, item["sam_mask"].numpy())
