@@ -27,6 +27,7 @@ from lyrics.extract.cache_location import default_cache_root  # noqa: E402
 from lyrics.store import CacheDataset  # noqa: E402
 
 COLUMNS = 4
+LABELLED_BOXES = 5
 COLORS = plt.get_cmap("tab10")
 
 
@@ -80,7 +81,8 @@ def draw_item(axis: plt.Axes, image: Image.Image, item: dict) -> None:
     for n, (box, label, score) in enumerate(zip(item["boxes"], item["box_labels"], item["box_scores"])):
         x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
         axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=COLORS(n % 10), linewidth=2))
-        axis.text(x1, y1, f"{label} {score:.2f}", fontsize=6, va="top", color="white", backgroundcolor=COLORS(n % 10))
+        if n < LABELLED_BOXES:  # boxes come best first; more labels than this hide the image
+            axis.text(x1, y1, f"{label[:24]} {score:.2f}", fontsize=6, va="top", color="white", backgroundcolor=COLORS(n % 10))
     tags = ", ".join(item["tags"][:8]) or "(no tags)"
     name = json.loads(item["source"]).get("sample_key", item["key"])  # the sample set records its photo's name
     axis.set_title(f"{name}: {len(item['boxes'])} objects\ntags: {tags}", fontsize=7)
