@@ -1,4 +1,4 @@
-"""Phase 1 as a Ray Data job: input shards -> decode + preprocess (CPU tasks) -> CLIP, RAM++,
+"""Phase 1 as a Ray Data job: input shards -> decode + preprocess (CPU actors) -> CLIP, RAM++,
 Grounding-DINO, SAM-HQ (one actor pool each, batched) -> cache shards written through ``store``.
 
 The unit of work is a *chunk*: up to ``batch_size`` images of one input shard. Chunks never span
@@ -24,12 +24,13 @@ from typing import Any
 from tqdm import tqdm
 
 from lyrics.config import ConfigError, PipelinesConfig
-from lyrics.data.webdataset import expand_shards, iter_shard
 from lyrics.data.errors import DataFormatError
-from lyrics.extract.images import ImageRejected, decode_image
+from lyrics.data.webdataset import expand_shards, iter_shard
 from lyrics.extract.cache_location import default_cache_root, extraction_settings
+from lyrics.extract.images import ImageRejected, decode_image
 from lyrics.extract.refiner import STAGES, Chunk, cache_schema, fingerprints, load_stage, new_chunk, preprocessors, run_stage
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
+
 
 @dataclass(frozen=True)
 class ExtractJob:
@@ -74,27 +75,29 @@ class DecodeStage:
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         shard = Path(item["shard"])
         name = shard_name(shard)
-        samples, skips, count = [], [], 0
+        samples, skips = [], []
         chunks: list[list[dict[str, Any]]] = []
-        for sample in iter_shard(shard):
-            count += 1
-            uid = sample_id(self.dataset, name, sample.key)
-            try:
-                image = decode_image(sample.image_bytes, self.max_pixels)
-            except ImageRejected as e:
-                skips.append({"id": uid, "file": f"{shard}:{sample.key}", "reason": str(e)})
-                continue
-            samples.append({"id": uid, "key": sample.key, "caption": sample.caption, "meta": sample.meta, "image": image})
-            if len(samples) == self.batch_size:
-                chunks.append(samples)
-                samples = []
+        try:
+            for sample in iter_shard(shard):
+                uid = sample_id(self.dataset, name, sample.key)
+                try:
+                    image = decode_image(sample.image_bytes, self.max_pixels)
+                except ImageRejected as e:
+                    skips.append({"id": uid, "file": f"{shard}:{sample.key}", "reason": str(e)})
+                    continue
+                samples.append({"id": uid, "key": sample.key, "caption": sample.caption, "meta": sample.meta, "image": image})
+                if len(samples) == self.batch_size:
+                    chunks.append(samples)
+                    samples = []
+        except DataFormatError as e:
+            # A damaged tar: keep what was read before the damage, record the rest as one skip.
+            skips.append({"id": sample_id(self.dataset, name, "*"), "file": str(shard), "reason": f"corrupt_shard: {e}"})
         if samples or not chunks:
             chunks.append(samples)
         for index, members in enumerate(chunks):
             last = index == len(chunks) - 1
             record = {"shard": name, "source": str(shard), "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
             record["skips"] = skips if last else []
-            record["inputs"] = count if last else 0
             if members:
                 pixels = [{name: prep(m["image"]) for name, prep in self.preprocessors.items()} for m in members]
                 record.update(new_chunk(pixels, [m["image"].size for m in members]))
@@ -153,8 +156,7 @@ TENSOR_KEYS = ("vit_tokens", "gdino_tokens", "gdino_scores", "sam_tokens", "sam_
 
 
 def run(job: ExtractJob, progress: bool = True) -> Manifest:
-    import ray
-
+    """Extract every shard not yet committed, then finalize the manifest."""
     config = job.config
     schema = cache_schema(config, job.profile)
     storage = StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
@@ -162,11 +164,12 @@ def run(job: ExtractJob, progress: bool = True) -> Manifest:
     writer = CacheWriter(job.cache_root, identity)
     todo = [s for s in job.shards if shard_name(s) not in writer.committed()]
     if todo:
-        _run_ray(ray, job, writer, todo, progress)
+        _run_ray(job, writer, todo, progress)
     return writer.finalize(extra=_summary(writer, job))
 
 
-def _run_ray(ray: Any, job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: bool) -> None:
+def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: bool) -> None:
+    import ray  # imported here: `import ray` costs seconds that planning and errors should not pay
     import ray.data
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
