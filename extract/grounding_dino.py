@@ -40,23 +40,28 @@ import functools
 import importlib.util
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import groundingdino.datasets.transforms as gd_transforms
-import groundingdino.models.GroundingDINO.backbone.backbone as gd_backbone
-import groundingdino.models.GroundingDINO.groundingdino as gd_model
 import torch
 import torchvision.transforms.functional as TF
-from groundingdino.models import build_model as upstream_build_model
-from groundingdino.util.misc import NestedTensor
-from groundingdino.util.vl_utils import create_positive_map_from_span
 from PIL import Image
 from torch import nn
 from torchvision.ops import box_convert, nms
+
+with warnings.catch_warnings():
+    # groundingdino's Swin imports timm's deprecated `timm.models.layers` path.
+    warnings.simplefilter("ignore", FutureWarning)
+    import groundingdino.datasets.transforms as gd_transforms
+    import groundingdino.models.GroundingDINO.backbone.backbone as gd_backbone
+    import groundingdino.models.GroundingDINO.groundingdino as gd_model
+    from groundingdino.models import build_model as upstream_build_model
+    from groundingdino.util.misc import NestedTensor
+    from groundingdino.util.vl_utils import create_positive_map_from_span
 
 from lyrics.extract.checkpoints import ComponentSpec
 from lyrics.extract.grounding_dino_compat import CompatBertWarper, per_image_text_masks, patched
