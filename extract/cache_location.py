@@ -17,7 +17,7 @@ CACHE_DIR = "cache"
 
 def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
     """The settings that decide a cache's content (its identity, with the model fingerprints)."""
-    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size", "decode_workers", "actors_per_model"})}
+    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size", "decode_workers", "actors"})}
 
 
 def default_cache_root(config: PipelinesConfig, dataset: str, profile: str) -> Path:

@@ -180,16 +180,16 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: b
     context.issue_detectors_config.detectors = []  # memory advice meant for long-running clusters
     settings = job.config.extraction
     resources = ray.cluster_resources()
-    pools = settings.decode_workers + settings.actors_per_model * len(STAGES)
-    # Every pool must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
-    cpus = min(1.0, resources.get("CPU", 1) / pools)
-    gpus = min(1.0, resources.get("GPU", 0) / (settings.actors_per_model * len(STAGES)))
+    actors = {name: settings.actors.get(name, 1) for name in STAGES}
+    # Every actor must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
+    cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values())))
+    gpus = min(1.0, resources.get("GPU", 0) / sum(actors.values()))
     args = (job.config, job.profile)
     ds = ray.data.from_items([{"shard": str(s)} for s in todo]).flat_map(
         DecodeStage, fn_constructor_args=(*args, job.dataset), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus
     )
     for name in STAGES:
-        pool = ray.data.ActorPoolStrategy(size=settings.actors_per_model)
+        pool = ray.data.ActorPoolStrategy(size=actors[name])
         ds = ds.map(ModelStage, fn_constructor_args=(*args, name), compute=pool, num_cpus=cpus, num_gpus=gpus)
     counts: Counter[str] = Counter()
     start = time.perf_counter()

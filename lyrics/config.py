@@ -77,7 +77,16 @@ class ExtractionConfig(Strict):
     profile: str = "tiny"
     batch_size: int = Field(8, ge=1)
     decode_workers: int = Field(1, ge=1, description="Ray actors that read, decode and preprocess")
-    actors_per_model: int = Field(1, ge=1, description="Ray actors per frozen model (GPU: one per GPU share)")
+    # Ray actors per frozen model (each gets a GPU share when GPUs exist). SAM-HQ is the heaviest
+    # stage (image encoder + one decoder pass per box), so it gets two by default.
+    actors: dict[Literal["clip", "ram", "gdino", "sam"], int] = {"clip": 1, "ram": 1, "gdino": 1, "sam": 2}
+
+    @model_validator(mode="after")
+    def _actor_counts(self) -> ExtractionConfig:
+        bad = {name: n for name, n in self.actors.items() if n < 1}
+        if bad:
+            raise ValueError(f"extraction.actors: every count must be at least 1, got {bad}")
+        return self
     max_objects: int = Field(32, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit, checked before decoding")
     storage: StorageConfig = StorageConfig()

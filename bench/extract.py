@@ -1,0 +1,444 @@
+"""Phase-1 extraction throughput, three ways, on the same images and models in one run.
+
+    python bench/extract.py [--data sample] [--profile tiny] [--repeats 1] [--out bench/results] [--paper-random]
+
+1. Per-image loop, as the Grounded-SAM demos run: for each image, decode, preprocess, then CLIP,
+   RAM++, Grounding-DINO and SAM-HQ on a batch of one (``run_stage`` on a one-image chunk), in
+   this process, with torch using every core of the machine.
+2. Batched in-process loop: the same code, but chunks of ``extraction.batch_size`` images of one
+   shard (as the job cuts them) through each stage. Against 1 this isolates batching from Ray.
+3. The Ray job, ``ExtractJob.plan`` + ``run`` into a fresh temporary cache: wall time including
+   Ray's start-up and each actor loading its model. Ray's start-up alone (``ray.init`` of a fresh
+   local instance, then ``ray.shutdown``) is timed before it, so it can be taken out. Without a
+   GPU the job gives each model actor one torch thread (``ModelStage``), so on a small CPU machine
+   its slowest stage runs on one core while the loops above use all of them.
+
+Images/s of each, their ratios to the per-image loop, and the time per image of each stage
+(decode+preprocess, clip, ram, gdino, sam) are printed and written to ``<out>/extract.json`` with
+the machine (cores, torch threads, device). The encoded bytes are read from the shards before
+timing in 1 and 2 (the job reads them itself). Checkpoints are created (tiny profile) and loaded
+before anything is timed, and each in-process loop is run once on 2 images as warm-up.
+``--repeats N`` times each in-process loop N times (alternating the two) and reports the median
+pass; on a small shared CPU machine one pass of 16 images can vary by tens of percent.
+
+``--paper-random``: loops 1 and 2 with the paper profile's architecture files
+(``extract/configs/paper/*.json``: CLIP ViT-L/14, RAM++ Swin-L, Grounding-DINO Swin-T + BERT-base,
+SAM-HQ ViT-H) at random weights, built through the component loaders from checkpoints written to
+a temporary folder, on the GPU; written to ``<out>/extract_paper_random.json``. The paper RAM++
+arch names no tag list, so the benchmark generates 4585 placeholder tags (whole words of the BERT
+uncased vocabulary), and Grounding-DINO's random text encoder is a BERT-base config with the
+uncased WordPiece tokenizer of the tiny profile's MiniLM. Without a GPU it says so and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lyrics.config import ConfigError, PipelinesConfig, load_config
+from lyrics.data.webdataset import iter_shard
+from lyrics.extract.checkpoints import ComponentSpec
+from lyrics.extract.images import ImageRejected, decode_image
+from lyrics.extract.job import ExtractJob, run, shard_name
+from lyrics.extract.refiner import STAGES, FrozenModels, new_chunk, run_stage
+
+PHASES = ("decode+preprocess", *STAGES)
+WARMUP_IMAGES = 2
+PAPER_RAM_TAGS = 4585  # RAM++'s vocabulary size (ram_tag_list.txt upstream)
+PAPER_CHECKPOINTS = {  # the paper profile's file names, in a temporary folder
+    "clip": ("clip.json", "clip-vit-large-patch14"),
+    "ram": ("ram_plus.json", "ram_plus_swin_large_14m.pth"),
+    "gdino": ("groundingdino.json", "groundingdino_swint_ogc.pth"),
+    "sam": ("sam_hq.json", "sam_hq_vit_h.pth"),
+}
+CONFIGS = Path(__file__).resolve().parent.parent / "extract" / "configs"
+
+
+@dataclass(frozen=True)
+class Sample:
+    shard: str
+    key: str
+    data: bytes
+
+
+@dataclass
+class LoopResult:
+    images: int
+    seconds: float
+    phase_seconds: dict[str, float]
+    tags: int = 0
+    boxes: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        per_image = {name: 1000 * s / self.images for name, s in self.phase_seconds.items()}
+        return {
+            "images": self.images,
+            "seconds": self.seconds,
+            "images_per_s": self.images_per_s,
+            "ms_per_image": per_image,
+            "stage_images_per_s": {name: (1000 / ms if ms else None) for name, ms in per_image.items()},
+            "mean_tags_per_image": self.tags / self.images,
+            "mean_boxes_per_image": self.boxes / self.images,
+        }
+
+
+# --- the machine ----------------------------------------------------------------------------------
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    import ray
+
+    info: dict[str, Any] = {
+        "cores": machine_cores(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+    }
+    return info
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+def plan_job(config: PipelinesConfig, data: str, profile: str, cache_root: Path | None = None) -> ExtractJob:
+    """The job; the embedded sample data sets are built first when missing (as ``make extract``)."""
+    try:
+        return ExtractJob.plan(config, data, profile, cache_root)
+    except ConfigError:
+        if data not in ("sample", "fuzz"):
+            raise
+    print(f"building the embedded {data} data set (python -m lyrics.data.sample --if-missing)")
+    subprocess.run([sys.executable, "-m", "lyrics.data.sample", "--if-missing"], check=True)
+    return ExtractJob.plan(config, data, profile, cache_root)
+
+
+def read_samples(shards: tuple[Path, ...]) -> list[Sample]:
+    return [Sample(shard_name(shard), s.key, s.image_bytes) for shard in shards for s in iter_shard(shard)]
+
+
+# --- loops 1 and 2 ------------------------------------------------------------------------------------
+def run_loop(models: FrozenModels, samples: list[Sample], batch_size: int, max_pixels: int, device: torch.device) -> LoopResult:
+    """Decode + preprocess + the four stages on chunks of up to ``batch_size`` images of one shard."""
+    chunks: list[list[Sample]] = []
+    for sample in samples:
+        if chunks and len(chunks[-1]) < batch_size and chunks[-1][0].shard == sample.shard:
+            chunks[-1].append(sample)
+        else:
+            chunks.append([sample])
+    phase = dict.fromkeys(PHASES, 0.0)
+    images = tags = boxes = 0
+    sync(device)
+    start = time.perf_counter()
+    for members in chunks:
+        t = time.perf_counter()
+        decoded = []
+        for sample in members:
+            try:
+                decoded.append(decode_image(sample.data, max_pixels))
+            except ImageRejected:
+                continue  # counted out of the images, as the job skips it
+        if not decoded:
+            continue
+        chunk = new_chunk([models.preprocess(image) for image in decoded], [image.size for image in decoded])
+        phase["decode+preprocess"] += time.perf_counter() - t
+        for name in STAGES:
+            t = time.perf_counter()
+            chunk = run_stage(name, getattr(models, name), chunk, models.settings)
+            sync(device)
+            phase[name] += time.perf_counter() - t
+        images += len(decoded)
+        tags += sum(len(t) for t in chunk["tags"])
+        boxes += sum(len(b) for b in chunk["boxes"])
+    seconds = time.perf_counter() - start
+    return LoopResult(images, seconds, phase, tags, boxes)
+
+
+def in_process(
+    models: FrozenModels, samples: list[Sample], batch_size: int, max_pixels: int, device: torch.device, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Loops 1 and 2, each warmed up on WARMUP_IMAGES images, then ``repeats`` timed passes of each,
+    alternated so that a drift in the machine's speed touches both; the median pass is reported."""
+    sizes = {"per_image": 1, "batched": batch_size}
+    for size in sizes.values():
+        run_loop(models, samples[:WARMUP_IMAGES], size, max_pixels, device)  # warm-up, not reported
+    passes: dict[str, list[LoopResult]] = {key: [] for key in sizes}
+    for r in range(repeats):
+        for key, size in sizes.items():
+            print(f"{key.replace('_', '-')} loop{f' (pass {r + 1}/{repeats})' if repeats > 1 else ''} ...", flush=True)
+            passes[key].append(run_loop(models, samples, size, max_pixels, device))
+    out = {}
+    for key, results in passes.items():
+        median = sorted(results, key=lambda result: result.seconds)[(len(results) - 1) // 2]
+        out[key] = {**median.as_dict(), "passes_images_per_s": [result.images_per_s for result in results]}
+    return out
+
+
+# --- measurement 3: the Ray job ---------------------------------------------------------------------
+def ray_init() -> None:
+    """As ``extract.job`` starts Ray."""
+    import ray
+
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+
+
+def ray_startup() -> dict[str, float]:
+    import ray
+
+    start = time.perf_counter()
+    ray_init()
+    init = time.perf_counter() - start
+    start = time.perf_counter()
+    ray.shutdown()
+    return {"init_s": init, "shutdown_s": time.perf_counter() - start}
+
+
+def ray_job(config: PipelinesConfig, data: str, profile: str) -> dict[str, Any]:
+    import ray
+
+    cache = Path(tempfile.mkdtemp(prefix="bench-extract-cache-"))
+    try:
+        start = time.perf_counter()
+        job = plan_job(config, data, profile, cache_root=cache)
+        manifest = run(job, progress=False)
+        wall = time.perf_counter() - start
+        start = time.perf_counter()
+        ray.shutdown()
+        shutdown = time.perf_counter() - start
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"images": manifest.rows, "skipped": len(manifest.skipped), "seconds": wall, "images_per_s": manifest.rows / wall, "shutdown_s": shutdown}
+
+
+# --- paper architectures at random weights ------------------------------------------------------------
+def paper_random_models(config: PipelinesConfig, work: Path, device: torch.device) -> FrozenModels:
+    """The paper profile's four models, random weights, checkpoints under ``work``, through the loaders."""
+    from lyrics.extract import grounding_dino, ram_plus
+    from lyrics.extract.refiner import LOADERS
+
+    specs = {
+        name: ComponentSpec(name, CONFIGS / "paper" / arch, work / name / checkpoint, random_init=True, seed=0)
+        for name, (arch, checkpoint) in PAPER_CHECKPOINTS.items()
+    }
+    # RAM++: the paper arch has no vocabulary of its own; write the random checkpoint with a
+    # generated one (write_random_checkpoint puts the tag and threshold files beside it).
+    tag_file = work / "paper_ram_tags.txt"
+    tag_file.parent.mkdir(parents=True, exist_ok=True)
+    tag_file.write_text("\n".join(placeholder_tags(PAPER_RAM_TAGS)), encoding="utf-8")
+    ram_arch = {**specs["ram"].arch, "vocabulary": str(tag_file)}  # absolute: CONFIGS / it is it
+    timed(
+        "RAM++ Swin-L random checkpoint (calibrated on CPU)",
+        lambda: specs["ram"].ensure_checkpoint(lambda tmp: ram_plus.write_random_checkpoint(ram_arch, 0, tmp)),
+    )
+    # Grounding-DINO: a bert-base-uncased folder beside the checkpoint (random BERT-base, uncased
+    # WordPiece tokenizer), and the tiny profile's random-init calibration settings.
+    gdino = specs["gdino"]
+    write_random_bert_base(gdino.checkpoint.parent / gdino.arch["text_encoder"], seed=0)
+    gdino_arch = {**gdino.arch, "random_init": json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["random_init"]}
+
+    def write_gdino(tmp: Path) -> None:
+        try:
+            grounding_dino.write_random_checkpoint(gdino_arch, 0, tmp)
+        except ValueError as e:  # calibration failed: plain random weights, box counts arbitrary
+            print(f"  gdino calibration failed ({e}); using uncalibrated random weights")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = grounding_dino.build_model(gdino.arch, grounding_dino.text_encoder_dir(gdino.arch["text_encoder"], tmp))
+            torch.save({"model": model.state_dict()}, tmp)
+
+    timed("Grounding-DINO Swin-T random checkpoint (calibrated on CPU)", lambda: gdino.ensure_checkpoint(write_gdino))
+    models = {name: timed(f"{name}: load{' (creating its checkpoint)' if not spec.checkpoint.exists() else ''}", lambda spec=spec: LOADERS[spec.name](spec).to(device)) for name, spec in specs.items()}
+    return FrozenModels(**models, settings=config.extraction)
+
+
+def placeholder_tags(count: int) -> list[str]:
+    """Whole lowercase words of the uncased BERT vocabulary, in its order: one or two word pieces each, like real tags."""
+    words = [w for w in (bert_vocab_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")[1000:] if w.isalpha() and w.isascii() and len(w) >= 3]
+    tags = list(dict.fromkeys(words))[:count]
+    tags += [f"object {i}" for i in range(count - len(tags))]
+    return tags
+
+
+def bert_vocab_dir() -> Path:
+    from lyrics.extract.grounding_dino import text_encoder_dir
+
+    tiny = json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["text_encoder"]
+    return text_encoder_dir(tiny, Path("."))
+
+
+def write_random_bert_base(folder: Path, seed: int) -> None:
+    from transformers import BertConfig, BertModel
+
+    if (folder / "config.json").is_file():
+        return
+    tokenizer = bert_vocab_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer / name).is_file():
+            shutil.copy(tokenizer / name, folder / name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        BertModel(BertConfig()).save_pretrained(folder)  # BertConfig(): bert-base-uncased's sizes
+
+
+def timed(label: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    result = fn()
+    print(f"  {label}: {time.perf_counter() - start:.1f} s", flush=True)
+    return result
+
+
+def quiet_libraries() -> None:
+    """Library deprecation notices and weight-loading bars, which would bury the tables."""
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="torch.meshgrid")
+    hf_logging.disable_progress_bar()
+
+
+# --- report ---------------------------------------------------------------------------------------------
+def print_tables(results: dict[str, Any]) -> None:
+    runs = results["runs"]
+    base = runs["per_image"]["images_per_s"]
+    print(f"\nthroughput, {results['images']} images, profile {results['profile']}, batch {results['batch_size']}, {results['machine']['device']}")
+    print(f"{'run':<32}{'images':>8}{'seconds':>10}{'images/s':>10}{'vs per-image':>14}")
+    for label, key in (("per-image loop (batch 1)", "per_image"), (f"batched loop (batch {results['batch_size']})", "batched"), ("Ray job (incl. start-up)", "ray_job")):
+        if key in runs:
+            r = runs[key]
+            print(f"{label:<32}{r['images']:>8}{r['seconds']:>10.2f}{r['images_per_s']:>10.2f}{r['images_per_s'] / base:>14.2f}")
+    if "ray_job" in runs:
+        r = runs["ray_job"]
+        print(f"{'Ray job minus Ray start-up':<32}{r['images']:>8}{r['seconds_minus_startup']:>10.2f}{r['images_per_s_minus_startup']:>10.2f}{r['images_per_s_minus_startup'] / base:>14.2f}")
+        print(f"Ray start-up alone (ray.init): {r['startup']['init_s']:.2f} s, ray.shutdown: {r['startup']['shutdown_s']:.2f} s")
+    print(f"in-process model loading (all four, checkpoints present): {results['model_load_s']:.2f} s")
+
+    print("\ntime per image by stage, ms (images/s of the stage alone)")
+    loops = [(k, label) for k, label in (("per_image", "per-image"), ("batched", "batched")) if k in runs]
+    print(f"{'stage':<20}" + "".join(f"{label:>24}" for _, label in loops) + f"{'per-image/batched':>19}{'share (batched)':>17}")
+    batched_total = sum(runs[loops[-1][0]]["ms_per_image"].values())
+    for name in PHASES:
+        cells = []
+        for key, _ in loops:
+            ms = runs[key]["ms_per_image"][name]
+            cells.append(f"{ms:>12.1f} ({1000 / ms:>7.1f}/s)" if ms else f"{'-':>24}")
+        ratio = runs["per_image"]["ms_per_image"][name] / runs["batched"]["ms_per_image"][name] if len(loops) == 2 and runs["batched"]["ms_per_image"][name] else float("nan")
+        share = runs[loops[-1][0]]["ms_per_image"][name] / batched_total
+        print(f"{name:<20}" + "".join(f"{c:>24}" for c in cells) + f"{ratio:>19.2f}{share:>16.0%}")
+    totals = [sum(runs[key]["ms_per_image"].values()) for key, _ in loops]
+    print(f"{'total':<20}" + "".join(f"{t:>12.1f} ({1000 / t:>7.1f}/s)" for t in totals) + (f"{totals[0] / totals[1]:>19.2f}" if len(totals) == 2 else ""))
+    for key, label in loops:
+        r = runs[key]
+        if len(r["passes_images_per_s"]) > 1:
+            print(f"{label}: images/s of each pass {', '.join(f'{v:.3f}' for v in r['passes_images_per_s'])} (median shown)")
+        print(f"{label}: {r['mean_tags_per_image']:.1f} tags, {r['mean_boxes_per_image']:.1f} boxes per image on average")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="sample", help="a dataset registered in pipelines.yaml")
+    parser.add_argument("--profile", default="tiny", help="model profile of loops 1-3 (not with --paper-random)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes of each in-process loop, alternated; the median is reported")
+    parser.add_argument("--paper-random", action="store_true", help="loops 1 and 2 with the paper architectures at random weights (GPU only)")
+    args = parser.parse_args()
+    quiet_libraries()
+
+    if args.paper_random and not torch.cuda.is_available():
+        print("--paper-random: no GPU here; the paper-size models at random weights are measured on a GPU only "
+              "(on CPU they would take hours). Nothing run.")
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(machine_cores())
+    config = load_config(args.config)
+    job = plan_job(config, args.data, args.profile)
+    settings = config.extraction
+    samples = read_samples(job.shards)
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        if args.paper_random:
+            print(f"building the paper architectures at random weights on {device} (checkpoints in {work})")
+            start = time.perf_counter()
+            models = paper_random_models(config, work, device)
+            load_s = time.perf_counter() - start
+            profile = "paper (random weights)"
+        else:
+            FrozenModels.load(config, args.profile, str(device))  # creates missing tiny checkpoints, untimed
+            start = time.perf_counter()
+            models = FrozenModels.load(config, args.profile, str(device))
+            load_s = time.perf_counter() - start
+            profile = args.profile
+        results: dict[str, Any] = {
+            "data": args.data,
+            "profile": profile,
+            "images": len(samples),
+            "shards": len(job.shards),
+            "batch_size": settings.batch_size,
+            "repeats": args.repeats,
+            "machine": describe_machine(device),
+            "model_load_s": load_s,
+            "runs": {},
+        }
+        print(f"{len(samples)} images in {len(job.shards)} shard(s); {results['machine']['cores']} cores, torch threads {torch.get_num_threads()}, {device}")
+        results["runs"].update(in_process(models, samples, settings.batch_size, settings.max_image_pixels, device, args.repeats))
+        del models
+        if not args.paper_random:
+            print("Ray start-up alone, then the Ray job ...", flush=True)
+            startup = ray_startup()
+            job_run = ray_job(config, args.data, args.profile)
+            net = job_run["seconds"] - startup["init_s"]
+            job_run.update(startup=startup, seconds_minus_startup=net, images_per_s_minus_startup=job_run["images"] / net)
+            results["runs"]["ray_job"] = job_run
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    runs = results["runs"]
+    results["ratios"] = {"batched_over_per_image": runs["batched"]["images_per_s"] / runs["per_image"]["images_per_s"]}
+    if "ray_job" in runs:
+        results["ratios"]["ray_job_over_per_image"] = runs["ray_job"]["images_per_s"] / runs["per_image"]["images_per_s"]
+        results["ratios"]["ray_job_minus_startup_over_per_image"] = runs["ray_job"]["images_per_s_minus_startup"] / runs["per_image"]["images_per_s"]
+    print_tables(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("extract_paper_random.json" if args.paper_random else "extract.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
