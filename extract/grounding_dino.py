@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import logging
 import math
 import warnings
@@ -65,6 +64,7 @@ with warnings.catch_warnings():
 
 from lyrics.extract.checkpoints import ComponentSpec
 from lyrics.extract.grounding_dino_compat import CompatBertWarper, per_image_text_masks, patched
+from lyrics.packages import resolve_location
 
 MEAN = [0.485, 0.456, 0.406]  # ImageNet statistics, as upstream's load_image
 STD = [0.229, 0.224, 0.225]
@@ -360,14 +360,7 @@ def synthetic_images(count: int, short_side: int) -> list[torch.Tensor]:
 
 def text_encoder_dir(location: str, checkpoint: Path) -> Path:
     """The tokenizer and BERT config folder: ``package:<module>/<folder>``, or a path relative to the checkpoint's folder."""
-    if location.startswith("package:"):
-        module, _, folder = location.removeprefix("package:").partition("/")
-        found = importlib.util.find_spec(module)  # locates the package without importing it
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"text encoder {location!r}: package {module!r} is not installed")
-        directory = Path(next(iter(found.submodule_search_locations))) / folder
-    else:
-        directory = checkpoint.parent / location  # an absolute location stays absolute
+    directory = resolve_location(location, checkpoint.parent, "text encoder")
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: Grounding-DINO text encoder folder (config.json, tokenizer files) not found")
     return directory

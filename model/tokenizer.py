@@ -14,13 +14,13 @@ The model's word embeddings follow with ``model.resize_token_embeddings(len(toke
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AddedToken, BertTokenizer
 from transformers.models.bert.tokenization_bert import load_vocab
 
+from lyrics.packages import resolve_location
 from lyrics.spatial_text import SPATIAL_TOKENS
 
 SPECIAL_TOKENS = ("[DEC]", "[BOS]", "[MLM]")
@@ -29,16 +29,7 @@ BERT_VOCAB_SIZE = 30522
 
 def vocab_dir(location: str, checkpoint: str | Path | None = None) -> Path:
     """The folder of ``vocab.txt``: ``package:<module>/<folder>``, or a path relative to the checkpoint's folder."""
-    if location.startswith("package:"):
-        module, _, folder = location.removeprefix("package:").partition("/")
-        found = importlib.util.find_spec(module)  # locates the package without importing it
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"vocabulary {location!r}: package {module!r} is not installed")
-        directory = Path(next(iter(found.submodule_search_locations))) / folder
-    elif checkpoint is not None:
-        directory = Path(checkpoint).parent / location  # an absolute location stays absolute
-    else:
-        directory = Path(location)
+    directory = resolve_location(location, Path(checkpoint).parent if checkpoint is not None else None, "vocabulary")
     if not (directory / "vocab.txt").is_file():
         raise FileNotFoundError(f"{directory}: no vocab.txt (the bert-base-uncased WordPiece vocabulary)")
     return directory

@@ -1,10 +1,12 @@
 """The sample's photographs: files that PyPI packages ship, named `<package>:<path>`."""
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
+
+from lyrics.extract.images import to_rgb
+from lyrics.packages import package_dir
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,13 @@ def split_source(source: str) -> tuple[str, PurePosixPath]:
 def resolve_source(source: str) -> Path:
     """The file of `source` inside the installed package."""
     package, relative = split_source(source)
-    # find_spec locates the package without importing it (importing imgaug needs extra modules).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir(package)  # importing imgaug would need modules it does not install
+    if root is None:
         raise ModuleNotFoundError(
             f"photo {source!r} ships with the {package!r} package, which is not installed: "
             f"pip install {PACKAGE_DATA[package].distribution}"
         )
-    path = Path(spec.submodule_search_locations[0], PACKAGE_DATA[package].folder, *relative.parts)
+    path = Path(root, PACKAGE_DATA[package].folder, *relative.parts)
     if not path.is_file():
         raise FileNotFoundError(f"photo {source!r}: {path} is not in the installed {package!r} package")
     return path
@@ -55,8 +56,4 @@ def open_photo(source: str) -> Image.Image:
     """The photo as an RGB image of its stored size; transparency is flattened onto white."""
     with Image.open(resolve_source(source)) as image:
         image.load()
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, "white")
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image)
