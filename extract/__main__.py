@@ -9,10 +9,11 @@ are kept, partial ones redone.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
-from lyrics.config import load_config
+from lyrics.config import ConfigError, load_config
 from lyrics.extract.job import ExtractJob, run
 
 
@@ -24,8 +25,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     args = parser.parse_args()
 
-    config = load_config(args.config)
-    job = ExtractJob.plan(config, args.data, args.profile, args.cache)  # refuses bad input before any work
+    try:
+        config = load_config(args.config)
+        job = ExtractJob.plan(config, args.data, args.profile, args.cache)  # refuses bad input before any work
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     print(f"extract {job.dataset}: {len(job.shards)} shard(s), profile {job.profile} -> {job.cache_root}")
     manifest = run(job)
     reasons = Counter(skip.reason.split(":")[0] for skip in manifest.skipped)

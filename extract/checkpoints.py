@@ -53,18 +53,23 @@ class ComponentSpec:
         The architecture file is part of it because it also holds preprocessing settings that
         change the features (input sizes, normalization) without touching the weights.
         """
+        self.check_available()
         arch_hash = hashlib.sha256(json.dumps(self.arch, sort_keys=True).encode()).hexdigest()[:16]
         weights = f"seed:{self.seed}" if self.random_init else content_hash(self.checkpoint)
         return f"{weights}/arch:{arch_hash}"
+
+    def check_available(self) -> None:
+        """Refuse a missing real checkpoint (the tiny profile creates its own)."""
+        if not self.random_init and not self.checkpoint.exists():
+            env = CHECKPOINT_ENV.get(self.name)
+            hint = f" (set {env} to its location)" if env else ""
+            raise FileNotFoundError(f"{self.checkpoint}: {self.name} checkpoint not found{hint}")
 
     def ensure_checkpoint(self, create: Callable[[Path], None]) -> Path:
         """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing."""
         if self.checkpoint.exists():
             return self.checkpoint
-        if not self.random_init:
-            env = CHECKPOINT_ENV.get(self.name)
-            hint = f" (set {env} to its location)" if env else ""
-            raise FileNotFoundError(f"{self.checkpoint}: {self.name} checkpoint not found{hint}")
+        self.check_available()
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
         try:

@@ -27,6 +27,7 @@ from lyrics.config import ConfigError, PipelinesConfig
 from lyrics.data.errors import DataFormatError
 from lyrics.data.webdataset import expand_shards, iter_shard
 from lyrics.extract.cache_location import default_cache_root, extraction_settings
+from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageRejected, decode_image
 from lyrics.extract.refiner import STAGES, Chunk, cache_schema, fingerprints, load_stage, new_chunk, preprocessors, run_stage
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
@@ -46,6 +47,11 @@ class ExtractJob:
     def plan(cls, config: PipelinesConfig, dataset: str, profile: str | None = None, cache_root: Path | None = None) -> ExtractJob:
         profile = profile or config.extraction.profile
         config.profile(profile)  # unknown profile: refused now, naming the file
+        for name in STAGES:
+            try:
+                component_spec(config, profile, name).check_available()
+            except FileNotFoundError as e:
+                raise ConfigError(f"profile {profile!r}: {e}") from None
         source = config.dataset(dataset)
         pattern = config.path(source.path)
         try:

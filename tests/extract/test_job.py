@@ -162,3 +162,13 @@ def test_online_refine_of_one_image_matches_its_cache_row(config_path, sample_ca
     assert np.allclose(refined.vit_tokens, item["vit_tokens"].float().numpy(), rtol=2e-3, atol=2e-3)
     assert np.allclose(refined.sam_tokens, item["sam_tokens"].float().numpy(), rtol=2e-3, atol=2e-3)
     assert np.array_equal(refined.sam_mask, item["sam_mask"].numpy())
+
+
+def test_missing_real_checkpoints_are_refused_before_any_work(config_path, monkeypatch, tmp_path):
+    from lyrics.config import ConfigError
+    from lyrics.extract.job import ExtractJob
+
+    monkeypatch.setenv("LYRICS_CLIP_PATH", str(tmp_path / "no-clip-here"))
+    config = load_config(config_path)
+    with pytest.raises(ConfigError, match=r"profile 'paper': .*no-clip-here: clip checkpoint not found \(set LYRICS_CLIP_PATH"):
+        ExtractJob.plan(config, "sample", profile="paper")
