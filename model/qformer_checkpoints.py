@@ -2,7 +2,7 @@
 
 Key maps (CHECKPOINTS.md a-c); our names are LAVIS's without the ``Qformer.bert.`` prefix:
 
-- LAVIS ``blip2_pretrained.pth`` (``torch.load(...)["model"]``): ``Qformer.bert.X`` -> ``X``,
+- LAVIS ``blip2_pretrained.pth`` (``torch.load(..., weights_only=True)["model"]``): ``Qformer.bert.X`` -> ``X``,
   ``Qformer.cls.X`` -> ``cls.X``, ``ln_vision.*`` -> ``ln_vision.*``.
 - Hugging Face (a bare ``Blip2QFormerModel`` state dict, or ``qformer.*`` inside
   ``Blip2ForConditionalGeneration`` / ``Blip2Model`` / ``Blip2ForImageTextRetrieval``):
