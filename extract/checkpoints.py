@@ -8,6 +8,7 @@ loaded back through the same loading code a real checkpoint goes through.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -96,7 +97,17 @@ def component_spec(config: PipelinesConfig, profile_name: str, name: str) -> Com
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    """sha256 of a file, or of a folder's files (relative names and contents, sorted).
+
+    Memoised per process on (path, size, mtime): a multi-GB checkpoint is read once, however
+    many callers (the manifest, each loaded wrapper) ask for its fingerprint.
+    """
+    stat = path.stat()
+    return _content_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
