@@ -110,9 +110,34 @@ class RecipeConfig(Strict):
         return self
 
 
+class PretrainConfig(Strict):
+    """Stage 1 (SPEC section 4): the MQ-Former's four objectives over cached data sets."""
+
+    data: list[str] = Field(["sample"], min_length=1, description="cached data sets (names under datasets:) to train on")
+    # The paper's Table 4 ablations, read from the same cache (nothing is re-extracted).
+    grounding_queries: bool = True
+    spatial_representation: bool = True
+    # Whole objects that do not fit are dropped from the end of the spatial text (SPEC leaves the length open).
+    max_spatial_tokens: int = Field(256, ge=2)
+    max_caption_tokens: int = Field(32, ge=3, description="[CLS] caption [SEP], as BLIP-2's max_txt_len")
+    msp_probability: float = Field(0.15, gt=0, lt=1, description="chance that MSP masks each whole object")
+    recipes: dict[str, RecipeConfig]
+
+
+class FinetuneConfig(Strict):
+    recipes: dict[str, RecipeConfig]
+
+
 class TrainingConfig(Strict):
-    pretrain: dict[str, RecipeConfig]
-    finetune: dict[str, RecipeConfig]
+    profile: str = "tiny"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    devices: int | Literal["auto"] = Field("auto", description="GPUs to use; the CPU always trains on one process")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers per process")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between logged losses")
+    runs: str = "{root}/runs"
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
 
 
 class EvaluationConfig(Strict):
@@ -133,10 +158,15 @@ class PipelinesConfig(Strict):
     def _names_exist(self) -> PipelinesConfig:
         if self.extraction.profile not in self.profiles:
             raise ValueError(f"extraction.profile {self.extraction.profile!r} is not one of the profiles {sorted(self.profiles)}")
+        if self.training.profile not in self.profiles:
+            raise ValueError(f"training.profile {self.training.profile!r} is not one of the profiles {sorted(self.profiles)}")
+        unknown = sorted(set(self.training.pretrain.data) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"training.pretrain.data names unregistered data sets {unknown}; registered: {sorted(self.datasets)}")
         for stage in ("pretrain", "finetune"):
-            missing = set(self.profiles) - set(getattr(self.training, stage))
+            missing = set(self.profiles) - set(getattr(self.training, stage).recipes)
             if missing:
-                raise ValueError(f"training.{stage} has no recipe for the profiles {sorted(missing)}")
+                raise ValueError(f"training.{stage}.recipes has no recipe for the profiles {sorted(missing)}")
         return self
 
     def path(self, value: str) -> Path:

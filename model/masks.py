@@ -20,6 +20,10 @@ Without grounding queries (the ablation), the visual queries take over the groun
 each table's G row and G column are merged into V's. Per objective this means: ITC and ICG are
 unchanged (queries were already one block); ITM lets V see and be seen by both S and C (S and C
 still do not see each other); MSP is unchanged (V <-> S).
+
+Without spatial representation (the other ablation: every spatial length is 0), the caption takes
+over S's role the same way: ITM lets G see and be seen by C too; ITC and ICG are unchanged; MSP has
+nothing to predict and is not run.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class MaskLayout:
     """Where the segments lie in ``[V; G; S; C; padding]`` for each sample of a batch.
 
     ``spatial_lengths`` and ``caption_lengths`` (B,) count S and C per sample, special tokens
-    included; ``text_length`` is the padded text length (the input_ids' width).
+    included; ``text_length`` is the padded text length (the input_ids' width). Spatial lengths are
+    all >= 1 (S holds at least [BOS]) or all 0 (the "without spatial representation" ablation).
     """
 
     num_visual: int
@@ -59,11 +64,16 @@ class MaskLayout:
         if spatial.dim() != 1 or spatial.shape != caption.shape:
             raise ValueError(f"spatial_lengths {tuple(spatial.shape)} and caption_lengths {tuple(caption.shape)} must be (B,)")
         # S holds at least [BOS] and C at least [CLS]: their outputs are H_sp and H_ic.
-        if (spatial < 1).any() or (caption < 1).any() or (spatial + caption > self.text_length).any():
+        spatial_ok = bool((spatial >= 1).all() or (spatial == 0).all())
+        if not spatial_ok or (caption < 1).any() or (spatial + caption > self.text_length).any():
             raise ValueError(
-                f"each sample needs 1 <= spatial, 1 <= caption and spatial + caption <= text_length "
-                f"({self.text_length}); got spatial {spatial.tolist()}, caption {caption.tolist()}"
+                f"each sample needs 1 <= caption, spatial + caption <= text_length ({self.text_length}) and "
+                f"1 <= spatial (or 0 for every sample); got spatial {spatial.tolist()}, caption {caption.tolist()}"
             )
+
+    @property
+    def has_spatial(self) -> bool:
+        return bool(self.spatial_lengths.any())
 
     @property
     def num_queries(self) -> int:
@@ -92,21 +102,22 @@ def self_attend_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask | (empty[..., None] & eye)
 
 
-def _table(visible: dict[int, Sequence[int]], num_grounding: int) -> torch.Tensor:
+def _table(visible: dict[int, Sequence[int]], layout: MaskLayout) -> torch.Tensor:
     """(5, 5) bool: row segment may see column segment; PAD is absent from every entry."""
     table = torch.zeros(_NUM_SEGMENTS, _NUM_SEGMENTS, dtype=torch.bool)
     for row, columns in visible.items():
         table[row, list(columns)] = True
-    if num_grounding == 0:
-        # The visual queries take the grounding queries' role (both what G sees and who sees G).
-        table[V] |= table[G]
-        table[:, V] |= table[:, G]
+    # An absent segment's role goes to its stand-in (both what it sees and who sees it).
+    for absent, stand_in, gone in ((G, V, layout.num_grounding == 0), (S, C, not layout.has_spatial)):
+        if gone:
+            table[stand_in] |= table[absent]
+            table[:, stand_in] |= table[:, absent]
     return table
 
 
 def _build(layout: MaskLayout, visible: dict[int, Sequence[int]], causal_caption: bool = False) -> torch.Tensor:
     segments = layout.segments()
-    table = _table(visible, layout.num_grounding).to(segments.device)
+    table = _table(visible, layout).to(segments.device)
     mask = table[segments[:, :, None], segments[:, None, :]]
     if causal_caption:
         position = torch.arange(layout.length, device=segments.device)

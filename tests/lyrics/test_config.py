@@ -21,7 +21,7 @@ def test_shipped_config_is_valid_and_resolves_paths():
     assert {"sample", "fuzz", "laion", "cc3m", "cc12m", "sbu", "coco"} <= set(config.datasets)
     assert {"tiny", "paper"} <= set(config.profiles)
     assert config.extraction.detection.box_threshold == 0.25 and config.extraction.detection.nms_iou == 0.6
-    assert config.training.pretrain["paper"].betas == (0.9, 0.98) and config.training.pretrain["paper"].warmup_ratio == 0.15
+    assert config.training.pretrain.recipes["paper"].betas == (0.9, 0.98) and config.training.pretrain.recipes["paper"].warmup_ratio == 0.15
     sample = config.path(config.dataset("sample").path)
     assert sample.is_absolute() and "{root}" not in str(sample)
 
@@ -42,7 +42,7 @@ def test_environment_overrides_checkpoint_paths(monkeypatch):
         (lambda r: r["profiles"]["paper"].pop("sam"), r"profiles\.paper\.sam: Field required"),
         (lambda r: r["extraction"].update(profile="huge"), r"extraction\.profile 'huge' is not one of the profiles \['paper', 'tiny'\]"),
         (lambda r: r["extraction"]["storage"].update(dtype="bf16"), r"extraction\.storage\.dtype: Input should be 'fp16' or 'int8'"),
-        (lambda r: r["training"]["pretrain"]["tiny"].update(global_batch=10, micro_batch=4), r"global_batch 10 is not a multiple of micro_batch 4"),
+        (lambda r: r["training"]["pretrain"]["recipes"]["tiny"].update(global_batch=10, micro_batch=4), r"global_batch 10 is not a multiple of micro_batch 4"),
         (lambda r: r["datasets"]["laion"].update(format="tfrecord"), r"datasets\.laion\.format: Input should be 'webdataset' or 'folder'"),
     ],
 )
