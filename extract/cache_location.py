@@ -1,6 +1,7 @@
-"""Where a data source's cache lives: one root per (dataset, profile, extraction settings).
+"""Where a data source's cache lives and what it must contain: root, schema, model fingerprints.
 
-Kept apart from the job so that trainers and tools can find a cache without importing the models.
+One root per (dataset, profile, extraction settings). Kept apart from the job and the models so
+that trainers and tools can find and check a cache without importing the frozen models.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from lyrics.config import PipelinesConfig
+from lyrics.extract.checkpoints import component_spec
+from lyrics.store import CacheSchema, lyrics_schema
 
 CACHE_DIR = "cache"
+STAGES = ("clip", "ram", "gdino", "sam")  # the frozen models, in pipeline order
 
 
 def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
@@ -25,3 +29,20 @@ def default_cache_root(config: PipelinesConfig, dataset: str, profile: str) -> P
     settings = {**extraction_settings(config, profile), "storage": config.extraction.storage.model_dump()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return config.path(f"{{root}}/{CACHE_DIR}/{dataset}/{profile}-{digest}")
+
+
+def fingerprints(config: PipelinesConfig, profile: str) -> dict[str, str]:
+    return {name: component_spec(config, profile, name).fingerprint() for name in STAGES}
+
+
+def cache_schema(config: PipelinesConfig, profile: str) -> CacheSchema:
+    """The cache's tensor shapes, from the architecture files (no weights loaded)."""
+    vision = component_spec(config, profile, "clip").arch["vision_config"]
+    queries = component_spec(config, profile, "gdino").arch["model"]["num_queries"]
+    settings = config.extraction
+    return lyrics_schema(
+        vit_tokens=(vision["image_size"] // vision["patch_size"]) ** 2 + 1,
+        vit_width=vision["hidden_size"],
+        gdino_queries=settings.storage.top_q or queries,
+        max_objects=settings.max_objects,
+    )

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from lyrics.config import ConfigError, PipelinesConfig
 from lyrics.data.errors import DataFormatError
 from lyrics.data.webdataset import expand_shards, iter_shard
-from lyrics.extract.cache_location import default_cache_root, extraction_settings
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints
 from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageRejected, decode_image
-from lyrics.extract.refiner import STAGES, Chunk, cache_schema, fingerprints, load_stage, new_chunk, preprocessors, run_stage
+from lyrics.extract.refiner import Chunk, load_stage, new_chunk, preprocessors, run_stage
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
 
 

@@ -16,16 +16,15 @@ import torch
 from PIL import Image
 
 from lyrics.config import ExtractionConfig, PipelinesConfig
+from lyrics.extract.cache_location import STAGES
 from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.clip import ClipPreprocess, ClipVision, load_clip
 from lyrics.extract.grounding_dino import GdinoPreprocess, GroundingDino, load_grounding_dino
 from lyrics.extract.ram_plus import RamPlusTagger, RamPreprocess, load_ram_plus
 from lyrics.extract.sam_hq import SamHq, SamPreprocess, load_sam_hq
 from lyrics.spatial_text import format_objects
-from lyrics.store import CacheSchema, lyrics_schema
 
 Chunk = dict[str, Any]
-STAGES = ("clip", "ram", "gdino", "sam")
 LOADERS = {"clip": load_clip, "ram": load_ram_plus, "gdino": load_grounding_dino, "sam": load_sam_hq}
 # Each model's preprocessing, built from its architecture file alone (no weights): the job's CPU
 # decode workers run these; the loaded models use the very same classes.
@@ -43,25 +42,8 @@ def load_stage(config: PipelinesConfig, profile: str, name: str, device: str | N
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def fingerprints(config: PipelinesConfig, profile: str) -> dict[str, str]:
-    return {name: component_spec(config, profile, name).fingerprint() for name in STAGES}
-
-
 def preprocessors(config: PipelinesConfig, profile: str) -> dict[str, Callable[[Image.Image], torch.Tensor]]:
     return {name: PREPROCESSORS[name](component_spec(config, profile, name).arch) for name in STAGES}
-
-
-def cache_schema(config: PipelinesConfig, profile: str) -> CacheSchema:
-    """The cache's tensor shapes, from the architecture files (no weights loaded)."""
-    vision = component_spec(config, profile, "clip").arch["vision_config"]
-    queries = component_spec(config, profile, "gdino").arch["model"]["num_queries"]
-    settings = config.extraction
-    return lyrics_schema(
-        vit_tokens=(vision["image_size"] // vision["patch_size"]) ** 2 + 1,
-        vit_width=vision["hidden_size"],
-        gdino_queries=settings.storage.top_q or queries,
-        max_objects=settings.max_objects,
-    )
 
 
 @dataclass

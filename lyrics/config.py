@@ -102,12 +102,21 @@ class RecipeConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = Field(0.05, ge=0)
     warmup_ratio: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+    checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between logged losses")
 
     @model_validator(mode="after")
     def _batches_divide(self) -> RecipeConfig:
         if self.global_batch % self.micro_batch:
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
         return self
+
+
+class PretrainRecipe(RecipeConfig):
+    # Whole objects that do not fit are dropped from the end of the spatial text (SPEC leaves the length open).
+    max_spatial_tokens: int = Field(256, ge=2, description="[BOS] + spatial text")
+    max_caption_tokens: int = Field(32, ge=3, description="[CLS] caption [SEP], as BLIP-2's max_txt_len")
 
 
 class PretrainConfig(Strict):
@@ -117,11 +126,8 @@ class PretrainConfig(Strict):
     # The paper's Table 4 ablations, read from the same cache (nothing is re-extracted).
     grounding_queries: bool = True
     spatial_representation: bool = True
-    # Whole objects that do not fit are dropped from the end of the spatial text (SPEC leaves the length open).
-    max_spatial_tokens: int = Field(256, ge=2)
-    max_caption_tokens: int = Field(32, ge=3, description="[CLS] caption [SEP], as BLIP-2's max_txt_len")
     msp_probability: float = Field(0.15, gt=0, lt=1, description="chance that MSP masks each whole object")
-    recipes: dict[str, RecipeConfig]
+    recipes: dict[str, PretrainRecipe]
 
 
 class FinetuneConfig(Strict):
@@ -133,8 +139,6 @@ class TrainingConfig(Strict):
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | Literal["auto"] = Field("auto", description="GPUs to use; the CPU always trains on one process")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per process")
-    checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")
-    log_every: int = Field(10, ge=1, description="steps between logged losses")
     runs: str = "{root}/runs"
     pretrain: PretrainConfig
     finetune: FinetuneConfig

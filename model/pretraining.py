@@ -13,10 +13,16 @@ the (H_v, H_ic) pair and ``itm_head_grounding`` for (H_g, H_sp), which starts as
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import dataclasses
+import json
+from pathlib import Path
 
-from lyrics.model.mqformer import MQFormer
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lyrics.model.mqformer import MQFormer, MQFormerConfig
 
 EMBED_DIM = 256  # BLIP-2's contrastive embedding width
 INITIAL_TEMP = 0.07
@@ -75,3 +81,30 @@ class MQFormerForPretraining(nn.Module):
         rows = torch.arange(len(text_states), device=text_states.device)
         spatial = text_states[:, 0] if bool(caption_start.any()) else None
         return spatial, text_states[rows, caption_start]
+
+
+STAGE1_WEIGHTS = "model.safetensors"
+STAGE1_CONFIG = "config.json"
+
+
+def save_stage1(model: MQFormerForPretraining, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """A stage-1 result as a folder: weights (safetensors), the MQ-Former config, the tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / STAGE1_WEIGHTS))  # stores the tied LM decoder once
+    config = {"mqformer": dataclasses.asdict(model.mqformer.config), "spatial_representation": model.spatial_representation}
+    (folder / STAGE1_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_stage1(folder: str | Path) -> tuple[MQFormerForPretraining, PreTrainedTokenizerBase]:
+    folder = Path(folder)
+    if not (folder / STAGE1_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder}: no {STAGE1_CONFIG}; not a stage-1 result (run `make pretrain`)")
+    config = json.loads((folder / STAGE1_CONFIG).read_text())
+    model = MQFormerForPretraining(MQFormer(MQFormerConfig(**config["mqformer"])), config["spatial_representation"])
+    missing, unexpected = load_model(model, str(folder / STAGE1_WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder / STAGE1_WEIGHTS}: does not match its config (missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)

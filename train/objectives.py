@@ -172,11 +172,19 @@ def icg_loss(model: MQFormerForPretraining, batch: PretrainBatch, ids: TokenIds)
 def mask_objects(text: PretrainText, probability: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input ids with whole objects replaced by [MASK], (B, Lt) bool of the masked positions).
 
-    Each object of each sample is masked independently with ``probability`` (torch's global RNG).
+    Each object of each sample is masked independently with ``probability`` (torch's global RNG). When
+    the draw leaves a batch that has objects with none masked, one of its objects is masked, so that
+    MSP always has a target (at paper batch sizes this almost never happens and the rate stays p).
     """
     objects = text.object_ids
     draws = torch.rand(objects.shape[0], int(objects.max()) + 1, device=objects.device) < probability
     draws[:, 0] = False  # object id 0 = not part of an object
+    present = torch.zeros_like(draws).scatter_(1, objects, True)
+    present[:, 0] = False
+    if present.any() and not (draws & present).any():
+        candidates = present.flatten().nonzero().squeeze(1)
+        pick = candidates[torch.randint(len(candidates), (1,), device=objects.device)]
+        draws.view(-1)[pick] = True
     masked = draws.gather(1, objects)
     return text.input_ids.masked_fill(masked, mask_id), masked
 
@@ -186,8 +194,8 @@ def msp_loss(model: MQFormerForPretraining, batch: PretrainBatch, ids: TokenIds,
     input_ids, masked = mask_objects(batch.text, probability, ids.mask)
     input_ids[:, 0] = ids.mlm
     output = forward(model, batch.image, batch.text, msp_mask, input_ids)
-    if not masked.any():  # no object drawn in this batch: a zero that keeps every parameter in the graph
-        return output.text_states.sum() * 0.0
+    if not masked.any():  # a batch without objects: a zero that keeps every parameter in the graph
+        return output.text_states[:, :0].sum()
     logits = model.mqformer.lm_logits(output.text_states[masked])
     return F.cross_entropy(logits.float(), batch.text.input_ids[masked])
 

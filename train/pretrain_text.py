@@ -27,6 +27,10 @@ class TextSettings:
     max_caption_tokens: int  # [CLS] and [SEP] included
     spatial_representation: bool = True  # False: the text is "[CLS] caption [SEP]" only (Table 4 ablation)
 
+    def __post_init__(self) -> None:
+        if self.max_spatial_tokens < 1 or self.max_caption_tokens < 2:
+            raise ValueError(f"need max_spatial_tokens >= 1 ([BOS]) and max_caption_tokens >= 2 ([CLS], [SEP]); got {self}")
+
 
 @dataclass
 class PretrainText:

@@ -17,7 +17,7 @@ import yaml
 
 from lyrics.config import DEFAULT_CONFIG, REPO_ROOT, load_config
 from lyrics.extract.cache_location import default_cache_root
-from lyrics.extract.refiner import fingerprints
+from lyrics.extract.cache_location import fingerprints
 from lyrics.spatial_text import parse_objects
 from lyrics.store import CacheDataset, CacheExpectation, read_manifest
 

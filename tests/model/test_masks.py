@@ -278,3 +278,161 @@ def test_self_attend_empty_rows_only_touches_empty_rows() -> None:
 def test_layout_rejects_inconsistent_lengths(spatial: list[int], caption: list[int], text_length: int) -> None:
     with pytest.raises(ValueError):
         MaskLayout(num_visual=2, num_grounding=2, spatial_lengths=spatial, caption_lengths=caption, text_length=text_length)
+
+
+# ---- without spatial representation (the Table 4 ablation): every spatial length is 0, and C takes
+# S's role. Same two samples without their spatial text, text length 4:
+# sample 0: C = 3 ([CLS] c [SEP]), 1 padding position; sample 1: C = 2, 2 padding positions.
+# MSP is not run without spatial text (nothing to predict), so only ITC, ITM and ICG are pinned.
+# fmt: off
+EXPECTED_NO_SPATIAL = {
+    # columns VV GG CCC P (sample 0), VV GG CC PP (sample 1)
+    2: {
+        # Unchanged: queries see queries, the caption sees the caption.
+        "itc": (
+            ["11 11 000 0",  # V
+             "11 11 000 0",  # V
+             "11 11 000 0",  # G
+             "11 11 000 0",  # G
+             "00 00 111 0",  # C [CLS]
+             "00 00 111 0",  # C
+             "00 00 111 0",  # C [SEP]
+             "00 00 000 1"],  # P
+            ["11 11 00 00",
+             "11 11 00 00",
+             "11 11 00 00",
+             "11 11 00 00",
+             "00 00 11 00",
+             "00 00 11 00",
+             "00 00 00 10",
+             "00 00 00 01"],
+        ),
+        # Regions {V, C} and {G, C}: G sees C and C sees G; V and G still apart.
+        "itm": (
+            ["11 00 111 0",  # V
+             "11 00 111 0",  # V
+             "00 11 111 0",  # G
+             "00 11 111 0",  # G
+             "11 11 111 0",  # C
+             "11 11 111 0",  # C
+             "11 11 111 0",  # C
+             "00 00 000 1"],  # P
+            ["11 00 11 00",
+             "11 00 11 00",
+             "00 11 11 00",
+             "00 11 11 00",
+             "11 11 11 00",
+             "11 11 11 00",
+             "00 00 00 10",
+             "00 00 00 01"],
+        ),
+        # Unchanged: C sees every query and C causally; queries see queries only.
+        "icg": (
+            ["11 11 000 0",  # V
+             "11 11 000 0",  # V
+             "11 11 000 0",  # G
+             "11 11 000 0",  # G
+             "11 11 100 0",  # C [DEC]
+             "11 11 110 0",  # C
+             "11 11 111 0",  # C [SEP]
+             "00 00 000 1"],  # P
+            ["11 11 00 00",
+             "11 11 00 00",
+             "11 11 00 00",
+             "11 11 00 00",
+             "11 11 10 00",
+             "11 11 11 00",
+             "00 00 00 10",
+             "00 00 00 01"],
+        ),
+    },
+    # Neither grounding queries nor spatial text: columns VV CCC P / VV CC PP.
+    0: {
+        "itc": (
+            ["11 000 0",
+             "11 000 0",
+             "00 111 0",
+             "00 111 0",
+             "00 111 0",
+             "00 000 1"],
+            ["11 00 00",
+             "11 00 00",
+             "00 11 00",
+             "00 11 00",
+             "00 00 10",
+             "00 00 01"],
+        ),
+        # One region {V, C}.
+        "itm": (
+            ["11 111 0",
+             "11 111 0",
+             "11 111 0",
+             "11 111 0",
+             "11 111 0",
+             "00 000 1"],
+            ["11 11 00",
+             "11 11 00",
+             "11 11 00",
+             "11 11 00",
+             "00 00 10",
+             "00 00 01"],
+        ),
+        "icg": (
+            ["11 000 0",
+             "11 000 0",
+             "11 100 0",
+             "11 110 0",
+             "11 111 0",
+             "00 000 1"],
+            ["11 00 00",
+             "11 00 00",
+             "11 10 00",
+             "11 11 00",
+             "00 00 10",
+             "00 00 01"],
+        ),
+    },
+}
+# fmt: on
+
+
+def no_spatial_layout(num_grounding: int) -> MaskLayout:
+    return MaskLayout(num_visual=2, num_grounding=num_grounding, spatial_lengths=[0, 0], caption_lengths=[3, 2], text_length=4)
+
+
+def test_no_spatial_layout_has_no_spatial_segment() -> None:
+    from lyrics.model.masks import C, G, S, V
+
+    layout = no_spatial_layout(2)
+    assert layout.has_spatial is False and MaskLayout(2, 2, [3, 2], [3, 2], 7).has_spatial is True
+    assert layout.segments().tolist() == [[V, V, G, G, C, C, C, PAD], [V, V, G, G, C, C, PAD, PAD]]
+    assert not (layout.segments() == S).any()
+
+
+@pytest.mark.parametrize("num_grounding", [2, 0])
+@pytest.mark.parametrize("name", ["itc", "itm", "icg"])
+def test_no_spatial_mask_cell_by_cell(name: str, num_grounding: int) -> None:
+    got = MASKS[name](no_spatial_layout(num_grounding))
+    want = torch.stack([as_tensor(rows) for rows in EXPECTED_NO_SPATIAL[num_grounding][name]])
+    assert got.dtype == torch.bool and got.shape == want.shape
+    assert mismatches(got, want) == [], "(sample, row, column) cells that differ"
+
+
+@pytest.mark.parametrize("num_grounding", [2, 0])
+@pytest.mark.parametrize("name", MASKS)
+def test_no_spatial_padding_never_visible_and_no_empty_row(name: str, num_grounding: int) -> None:
+    layout = no_spatial_layout(num_grounding)
+    mask = MASKS[name](layout)
+    pad = layout.segments() == PAD
+    for b in range(2):
+        assert not mask[b][~pad[b]][:, pad[b]].any()
+        assert torch.equal(mask[b][pad[b]], torch.eye(mask.shape[-1], dtype=torch.bool)[pad[b]])
+    assert mask.any(dim=-1).all()
+
+
+def test_no_spatial_itm_keeps_visual_and_grounding_queries_apart() -> None:
+    """The caption joins both regions, but a query still never sees the other kind of query."""
+    mask = itm_mask(no_spatial_layout(2))
+    assert not mask[:, :2, 2:4].any() and not mask[:, 2:4, :2].any()
+    assert mask[0, 2:4, 4:7].all() and mask[0, 4:7, 2:4].all()  # G <-> C
+    assert mask[0, :2, 4:7].all() and mask[0, 4:7, :2].all()  # V <-> C

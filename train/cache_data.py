@@ -1,0 +1,125 @@
+"""Stage-1 batches from the extraction cache: the checked datasets, a resumable sample stream, the collate.
+
+The stream is endless (one seeded permutation per epoch over every cached row, split across ranks),
+and training is counted in steps. A run resumed at step s starts the stream at sample
+``s * accumulate * micro_batch`` of its rank, so it sees exactly the batches an uninterrupted run
+would have seen next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from transformers import PreTrainedTokenizerBase
+
+from lyrics.config import PipelinesConfig
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root
+from lyrics.extract.checkpoints import component_spec
+from lyrics.store import CacheDataset, CacheExpectation, ShardShuffleSampler
+from lyrics.train.objectives import ImageInputs, PretrainBatch
+from lyrics.train.pretrain_text import TextSettings, encode_pretrain_text
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_FIELDS = ("vit_tokens", "gdino_tokens", "sam_tokens", "sam_mask")
+
+
+def cache_expectation(config: PipelinesConfig, profile: str) -> CacheExpectation:
+    """The schema and shapes of the profile's cache, and the fingerprints of the frozen models it was made with.
+
+    A real checkpoint that is absent on this machine (training away from the extraction cluster) cannot
+    be fingerprinted; it is left out of the check, with a warning.
+    """
+    prints = {}
+    for name in STAGES:
+        spec = component_spec(config, profile, name)
+        if spec.random_init or spec.checkpoint.exists():
+            prints[name] = spec.fingerprint()
+        else:
+            log.warning("%s: checkpoint absent here, the cache's %s fingerprint is not checked", spec.checkpoint, name)
+    shapes = {f.name: f.shape for f in cache_schema(config, profile).tensors if f.name in PRETRAIN_FIELDS}
+    return CacheExpectation(fingerprints=prints, tensor_shapes=shapes)
+
+
+def cache_roots(config: PipelinesConfig, profile: str, datasets: Sequence[str]) -> list[Path]:
+    return [default_cache_root(config, name, profile) for name in datasets]
+
+
+def open_caches(roots: Sequence[Path], expect: CacheExpectation) -> Dataset:
+    """Every row with a caption from the given caches, as one dataset (a refused cache raises naming itself)."""
+    parts = []
+    for root in roots:
+        dataset = CacheDataset(root, expect, fields=PRETRAIN_FIELDS)
+        captions = dataset.rows(["caption"]).column("caption").to_pylist()
+        keep = [i for i, caption in enumerate(captions) if caption]
+        if len(keep) < len(captions):
+            log.info("%s: %d of %d rows have no caption and are left out of stage 1", root, len(captions) - len(keep), len(captions))
+        parts.append(Subset(dataset, keep))
+    return ConcatDataset(parts)
+
+
+class SampleStream(Sampler[int]):
+    """Endless per-rank indices: epoch after epoch of ``ShardShuffleSampler`` (padded, so ranks stay in step)."""
+
+    def __init__(self, num_rows: int, seed: int, rank: int, world_size: int, start: int = 0) -> None:
+        if num_rows < 1:
+            raise ValueError("the cache has no rows to train on")
+        self.epoch_sampler = ShardShuffleSampler(num_rows, shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True)
+        self.start = start  # samples of this rank already consumed
+
+    def __iter__(self) -> Iterator[int]:
+        per_epoch = len(self.epoch_sampler)
+        first_epoch, offset = divmod(self.start, per_epoch)
+        for epoch in itertools.count(first_epoch):
+            self.epoch_sampler.set_epoch(epoch)
+            yield from itertools.islice(self.epoch_sampler, offset, None)
+            offset = 0
+
+
+@dataclass
+class PretrainCollate:
+    tokenizer: PreTrainedTokenizerBase
+    text: TextSettings
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> PretrainBatch:
+        def stack(name: str) -> torch.Tensor:
+            return torch.stack([item[name] for item in items])
+
+        gdino = stack("gdino_tokens").float()
+        image = ImageInputs(
+            vit_tokens=stack("vit_tokens").float(),
+            refiner_tokens=torch.cat([gdino, stack("sam_tokens").float()], dim=1),
+            # Every stored Grounding-DINO query is real; SAM-HQ objects are padded to max_objects.
+            refiner_mask=torch.cat([torch.ones(gdino.shape[:2], dtype=torch.bool), stack("sam_mask")], dim=1),
+        )
+        text = encode_pretrain_text(self.tokenizer, [i["spatial_text"] for i in items], [i["caption"] for i in items], self.text)
+        return PretrainBatch(image, text)
+
+
+class PretrainData(L.LightningDataModule):
+    def __init__(self, dataset: Dataset, collate: PretrainCollate, micro_batch: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        self.dataset, self.collate = dataset, collate
+        self.micro_batch, self.num_workers, self.seed = micro_batch, num_workers, seed
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        # Called after a checkpoint's loops are restored: global_step is where the run resumes.
+        consumed = trainer.global_step * trainer.accumulate_grad_batches * self.micro_batch
+        sampler = SampleStream(len(self.dataset), self.seed, trainer.global_rank, trainer.world_size, start=consumed)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,245 @@
+"""`make pretrain`: stage 1, the MQ-Former's ITC + ITM + ICG + MSP from the extraction cache.
+
+    python -m lyrics.train.pretrain [--profile tiny] [--data sample ...] [--cache DIR ...] [--steps N]
+                                    [--no-grounding-queries] [--no-spatial-representation]
+                                    [--run DIR] [--restart] [--config pipelines.yaml]
+
+Everything is checked before training starts: the caches exist, are complete and match the
+profile's frozen models; the MQ-Former fits the cache; the batch divides over the processes; a
+resumed run has the settings it was started with. A rerun resumes from the run's last checkpoint
+(the same data order and random draws as an uninterrupted run); ``--restart`` starts over.
+
+The run folder ({root}/runs/pretrain-<profile>[-ablations]) holds checkpoints/, logs/ (CSV and
+TensorBoard), loss_curve.png and, at the end, stage1/: the MQ-Former, its heads and the tokenizer
+for `make finetune`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lyrics.config import ConfigError, PipelinesConfig, PretrainConfig, PretrainRecipe, load_config
+from lyrics.extract.cache_location import cache_schema
+from lyrics.model.factory import Stage1Init, build_stage1_model, mqformer_config, qformer_spec
+from lyrics.model.pretraining import save_stage1
+from lyrics.model.tokenizer import TokenIds
+from lyrics.store import CacheMismatchError
+from lyrics.train.cache_data import PretrainCollate, PretrainData, cache_expectation, cache_roots, open_caches
+from lyrics.train.loss_curve import plot_losses
+from lyrics.train.pretrain_module import PretrainModule
+from lyrics.train.pretrain_text import TextSettings
+
+RUN_SETTINGS = "run.json"
+LAST = "last.ckpt"
+
+
+@dataclass
+class PretrainPlan:
+    config: PipelinesConfig
+    profile: str
+    settings: PretrainConfig
+    recipe: PretrainRecipe
+    caches: list[Path]
+    run_dir: Path
+    devices: int
+    accumulate: int
+
+    @classmethod
+    def make(
+        cls,
+        config: PipelinesConfig,
+        profile: str | None = None,
+        datasets: list[str] | None = None,
+        caches: list[Path] | None = None,
+        steps: int | None = None,
+        grounding_queries: bool | None = None,
+        spatial_representation: bool | None = None,
+        run_dir: Path | None = None,
+    ) -> PretrainPlan:
+        """Every check that can fail, before any model is built or any batch read (raises ConfigError)."""
+        profile = profile or config.training.profile
+        config.profile(profile)
+        changes = {"grounding_queries": grounding_queries, "spatial_representation": spatial_representation, "data": datasets}
+        settings = config.training.pretrain.model_copy(update={k: v for k, v in changes.items() if v is not None})
+        for name in settings.data:
+            config.dataset(name)
+        recipe = settings.recipes[profile]
+        if steps is not None:
+            recipe = recipe.model_copy(update={"steps": steps})
+        devices = _devices(config)
+        if recipe.global_batch % (recipe.micro_batch * devices):
+            raise ConfigError(
+                f"{config.source}: training.pretrain.recipes.{profile}: global_batch {recipe.global_batch} is not a multiple of "
+                f"micro_batch {recipe.micro_batch} x {devices} process(es)"
+            )
+        _check_model_fits(config, profile, settings.grounding_queries, recipe)
+        caches = list(caches) if caches else cache_roots(config, profile, settings.data)
+        if run_dir is None:
+            suffix = "".join(
+                f"-no-{name}" for name, on in (("grounding", settings.grounding_queries), ("spatial", settings.spatial_representation)) if not on
+            )
+            run_dir = config.path(config.training.runs) / f"pretrain-{profile}{suffix}"
+        accumulate = recipe.global_batch // (recipe.micro_batch * devices)
+        return cls(config, profile, settings, recipe, caches, run_dir, devices, accumulate)
+
+    def identity(self) -> dict:
+        """What a resumed run must share with the run it continues."""
+        return {
+            "profile": self.profile,
+            "caches": [str(c) for c in self.caches],
+            "pretrain": self.settings.model_dump(exclude={"recipes", "data"}),
+            "recipe": self.recipe.model_dump(mode="json"),
+            "processes": self.devices,
+        }
+
+
+def _devices(config: PipelinesConfig) -> int:
+    if not torch.cuda.is_available():
+        return 1  # one CPU process: the machine's cores go to torch's threads
+    wanted = config.training.devices
+    return torch.cuda.device_count() if wanted == "auto" else wanted
+
+
+def _check_model_fits(config: PipelinesConfig, profile: str, grounding_queries: bool, recipe: PretrainRecipe) -> None:
+    mq = mqformer_config(config, profile, grounding_queries)
+    arch = qformer_spec(config, profile).arch_path
+    vit_width = next(f.shape[-1] for f in cache_schema(config, profile).tensors if f.name == "vit_tokens")
+    if mq.vision_width != vit_width:
+        raise ConfigError(f"{arch}: vision_width {mq.vision_width}, but profile {profile}'s CLIP tokens are {vit_width} wide")
+    text = recipe.max_spatial_tokens + recipe.max_caption_tokens
+    if text > mq.max_position_embeddings:
+        raise ConfigError(
+            f"{config.source}: training.pretrain.recipes.{profile}: max_spatial_tokens + max_caption_tokens = {text} exceeds the "
+            f"MQ-Former's {mq.max_position_embeddings} positions ({arch})"
+        )
+
+
+def _check_resumable(plan: PretrainPlan) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run); a run started with other settings is refused."""
+    saved = plan.run_dir / RUN_SETTINGS
+    last = plan.run_dir / "checkpoints" / LAST
+    if not saved.is_file():
+        return None
+    changes = _differences(json.loads(saved.read_text()), json.loads(json.dumps(plan.identity())))
+    if changes:
+        raise ConfigError(
+            f"{saved}: this run was started with other settings ({'; '.join(changes)}); "
+            "pass --restart to start it over, or --run for a new folder"
+        )
+    return last if last.is_file() else None
+
+
+def _differences(before: object, now: object, key: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two JSON trees."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(before) | set(now)) for d in _differences(before.get(k), now.get(k), f"{key}.{k}" if key else k)]
+    return [] if before == now else [f"{key}: {before} -> {now}"]
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The bar counts micro-batches towards the run's last step (the data stream itself is endless)."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    init: Stage1Init
+    resume: Path | None
+
+
+def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
+    """The checks that read files (the run's settings, the caches) and the initial model; no training yet."""
+    if restart and plan.run_dir.exists():
+        shutil.rmtree(plan.run_dir)
+    resume = _check_resumable(plan)
+    dataset = open_caches(plan.caches, cache_expectation(plan.config, plan.profile))  # refuses a mismatched cache, naming it
+    init = build_stage1_model(plan.config, plan.profile, plan.settings.grounding_queries, plan.settings.spatial_representation)
+    return Prepared(dataset, init, resume)
+
+
+def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True) -> Path:
+    """Train (or resume) the plan's run; returns its stage-1 folder."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / RUN_SETTINGS).write_text(json.dumps(plan.identity(), indent=2) + "\n")
+    settings, recipe, tokenizer = plan.settings, plan.recipe, prepared.init.tokenizer
+    text = TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation)
+    collate = PretrainCollate(tokenizer, text)
+    data = PretrainData(prepared.dataset, collate, recipe.micro_batch, plan.config.training.num_workers, recipe.seed)
+    module = PretrainModule(prepared.init.model, TokenIds.of(tokenizer), recipe, settings.msp_probability)
+    logs = plan.run_dir / "logs"
+    gpu = torch.cuda.is_available()
+    trainer = L.Trainer(
+        accelerator="gpu" if gpu else "cpu",
+        devices=plan.devices,
+        strategy=plan.config.training.strategy,
+        precision="bf16-mixed" if gpu else "32-true",
+        max_steps=recipe.steps,
+        accumulate_grad_batches=plan.accumulate,
+        use_distributed_sampler=False,  # SampleStream splits the ranks itself
+        logger=[CSVLogger(logs, name="", version=""), TensorBoardLogger(logs, name="", version="")],
+        log_every_n_steps=recipe.log_every,
+        callbacks=[
+            ModelCheckpoint(plan.run_dir / "checkpoints", every_n_train_steps=recipe.checkpoint_every, save_last=True, save_top_k=-1),
+            StepProgressBar(),
+        ],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=prepared.resume, weights_only=True)
+    if trainer.is_global_zero:
+        plot_losses(logs / "metrics.csv", plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
+        save_stage1(module.model, tokenizer, plan.run_dir / "stage1")
+    return plan.run_dir / "stage1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m lyrics.train.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", help="model profile (default: training.profile)")
+    parser.add_argument("--data", nargs="+", help="cached data sets (default: training.pretrain.data)")
+    parser.add_argument("--cache", nargs="+", type=Path, help="cache roots, instead of the data sets' default ones")
+    parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--no-grounding-queries", action="store_true", help="Table 4 ablation: visual queries only")
+    parser.add_argument("--no-spatial-representation", action="store_true", help="Table 4 ablation: no spatial text (and no MSP)")
+    parser.add_argument("--run", type=Path, help="run folder (default: {root}/runs/pretrain-<profile>[-ablations])")
+    parser.add_argument("--restart", action="store_true", help="delete the run folder and start over")
+    parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config)
+        plan = PretrainPlan.make(
+            config,
+            args.profile,
+            args.data,
+            args.cache,
+            args.steps,
+            False if args.no_grounding_queries else None,
+            False if args.no_spatial_representation else None,
+            args.run,
+        )
+        prepared = prepare(plan, restart=args.restart)
+    except (ConfigError, FileNotFoundError, CacheMismatchError) as e:
+        sys.exit(f"error: {e}")
+    print(f"pretrain {plan.profile}: {plan.recipe.steps} steps, batch {plan.recipe.global_batch} "
+              f"({plan.devices} x {plan.recipe.micro_batch} x {plan.accumulate} accumulated), caches {[str(c) for c in plan.caches]}")  # fmt: skip
+    stage1 = train(plan, prepared)
+    print(f"stage 1: {stage1}\nloss curve: {plan.run_dir / 'loss_curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
