@@ -64,9 +64,10 @@ def build_stage1_model(
 @torch.no_grad()
 def write_tiny_stage1(mq_config: MQFormerConfig, folder: Path, seed: int) -> None:
     """A LAVIS-layout stage-1 checkpoint (``Qformer.bert.*``, ``Qformer.cls.*``, ``ln_vision``, ``query_tokens``, heads)."""
-    torch.manual_seed(seed)
-    model = from_minilm(dataclasses.replace(mq_config, use_grounding=False))  # BLIP-2 has no grounding side
-    heads = MQFormerForPretraining(model)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is the same whether or not this ran
+        torch.manual_seed(seed)
+        model = from_minilm(dataclasses.replace(mq_config, use_grounding=False))  # BLIP-2 has no grounding side
+        heads = MQFormerForPretraining(model)
     tensors: dict[str, torch.Tensor] = {"query_tokens": model.visual_query_tokens}
     for name, value in model.state_dict().items():
         if name.startswith("ln_vision."):

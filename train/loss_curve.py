@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,14 +15,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 PREFIX = "train/"
 
 
-def read_losses(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """``{loss name: {step: value}}`` for every ``train/*`` column; a step logged twice (a resumed run) keeps its last value."""
+def metrics_files(csv_logs: Path) -> list[Path]:
+    """The CSV logger's ``version_N/metrics.csv`` files in launch order (a resumed run adds one per launch)."""
+    return sorted(csv_logs.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.removeprefix("version_")))
+
+
+def read_losses(metrics_csvs: Sequence[Path]) -> dict[str, dict[int, float]]:
+    """``{loss name: {step: value}}`` for every ``train/*`` column; a step logged again by a later launch keeps the later value."""
     losses: dict[str, dict[int, float]] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for column, value in row.items():
-                if column.startswith(PREFIX) and value not in ("", None):
-                    losses.setdefault(column.removeprefix(PREFIX), {})[int(row["step"])] = float(value)
+    for path in metrics_csvs:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                for column, value in row.items():
+                    if column.startswith(PREFIX) and value not in ("", None):
+                        losses.setdefault(column.removeprefix(PREFIX), {})[int(row["step"])] = float(value)
     return losses
 
 
@@ -34,11 +41,11 @@ def smooth(values: list[float], weight: float = 0.8) -> list[float]:
     return out
 
 
-def plot_losses(metrics_csv: Path, png: Path, title: str) -> Path:
-    losses = read_losses(metrics_csv)
+def plot_losses(metrics_csvs: Sequence[Path], png: Path, title: str) -> Path:
+    losses = read_losses(metrics_csvs)
     names = [n for n in ("loss", "itc", "itm", "icg", "msp", "lm") if n in losses] + sorted(set(losses) - {"loss", "itc", "itm", "icg", "msp", "lm", "temp"})
     if not names:
-        raise ValueError(f"{metrics_csv}: no train/* losses logged")
+        raise ValueError(f"{[str(p) for p in metrics_csvs]}: no train/* losses logged")
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)

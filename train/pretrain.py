@@ -20,14 +20,15 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import Dataset
 
 from lyrics.config import ConfigError, PipelinesConfig, PretrainConfig, PretrainRecipe, load_config
 from lyrics.extract.cache_location import cache_schema
@@ -36,7 +37,7 @@ from lyrics.model.pretraining import save_stage1
 from lyrics.model.tokenizer import TokenIds
 from lyrics.store import CacheMismatchError
 from lyrics.train.cache_data import PretrainCollate, PretrainData, cache_expectation, cache_roots, open_caches
-from lyrics.train.loss_curve import plot_losses
+from lyrics.train.loss_curve import metrics_files, plot_losses
 from lyrics.train.pretrain_module import PretrainModule
 from lyrics.train.pretrain_text import TextSettings
 
@@ -168,12 +169,13 @@ def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
         shutil.rmtree(plan.run_dir)
     resume = _check_resumable(plan)
     dataset = open_caches(plan.caches, cache_expectation(plan.config, plan.profile))  # refuses a mismatched cache, naming it
+    L.seed_everything(plan.recipe.seed, verbose=False)  # the new weights (grounding side, added tokens) are drawn from it
     init = build_stage1_model(plan.config, plan.profile, plan.settings.grounding_queries, plan.settings.spatial_representation)
     return Prepared(dataset, init, resume)
 
 
-def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True) -> Path:
-    """Train (or resume) the plan's run; returns its stage-1 folder."""
+def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train (or resume) the plan's run; returns its stage-1 folder. ``callbacks`` are added to the trainer's."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     (plan.run_dir / RUN_SETTINGS).write_text(json.dumps(plan.identity(), indent=2) + "\n")
     settings, recipe, tokenizer = plan.settings, plan.recipe, prepared.init.tokenizer
@@ -191,11 +193,14 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True) -> Path
         max_steps=recipe.steps,
         accumulate_grad_batches=plan.accumulate,
         use_distributed_sampler=False,  # SampleStream splits the ranks itself
-        logger=[CSVLogger(logs, name="", version=""), TensorBoardLogger(logs, name="", version="")],
+        # Each launch logs to a new version_N (a resumed run continues in the next); flushed at every
+        # log, so a crashed launch keeps what it logged.
+        logger=[CSVLogger(logs, name="csv", flush_logs_every_n_steps=recipe.log_every), TensorBoardLogger(logs, name="tensorboard")],
         log_every_n_steps=recipe.log_every,
         callbacks=[
             ModelCheckpoint(plan.run_dir / "checkpoints", every_n_train_steps=recipe.checkpoint_every, save_last=True, save_top_k=-1),
-            StepProgressBar(),
+            *([StepProgressBar()] if progress else []),
+            *callbacks,
         ],
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -203,7 +208,7 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True) -> Path
     )
     trainer.fit(module, datamodule=data, ckpt_path=prepared.resume, weights_only=True)
     if trainer.is_global_zero:
-        plot_losses(logs / "metrics.csv", plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
+        plot_losses(metrics_files(logs / "csv"), plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
         save_stage1(module.model, tokenizer, plan.run_dir / "stage1")
     return plan.run_dir / "stage1"
 
