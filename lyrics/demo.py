@@ -13,7 +13,6 @@ from lyrics.data.sample.draw import draw_annotations
 
 # Phases of the design card that this checkout does not implement yet (no fake steps).
 NOT_BUILT = {
-    "pretrain": "make pretrain (phase 2a: MQ-Former with ITC, ITM, ICG, MSP)",
     "finetune": "make finetune (phase 2b: projection + LoRA on a causal LLM)",
     "eval": "make eval BENCH=... (REC, captioning, VQA, POPE, MME)",
 }
@@ -43,6 +42,13 @@ def main() -> None:
     print(f"cache: {job.cache_root}: {manifest.rows} rows, {len(manifest.skipped)} skipped {dict(reasons) or ''}")
     refiner_png = draw_cache(job.cache_root, pictures / "refiner_sample.png")
 
+    print(f"\n== phase 2a: pretrain the MQ-Former from the cache (profile {config.training.profile}; a rerun resumes)")
+    from lyrics.train.pretrain import PretrainPlan, prepare, train
+
+    plan = PretrainPlan.make(config)
+    stage1 = train(plan, prepare(plan))
+    print(f"stage 1: {stage1}")
+
     print("\n== phases not built yet")
     for step in NOT_BUILT.values():
         print(f"  - {step}")
@@ -53,6 +59,9 @@ def main() -> None:
         ("annotation boxes drawn on every photo", annotations_png),
         ("feature cache (Zarr + Parquet + manifest.json)", job.cache_root),
         ("refiner tags, boxes and masks drawn from the cache", refiner_png),
+        ("stage-1 MQ-Former, heads and tokenizer (for make finetune)", stage1),
+        ("stage-1 loss curves (ITC, ITM, ICG, MSP)", plan.run_dir / "loss_curve.png"),
+        ("stage-1 logs (CSV, TensorBoard)", plan.run_dir / "logs"),
     ]:
         print(f"  {label}: {path}")
 

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from lyrics.config import ConfigError, PipelinesConfig, PretrainConfig, PretrainRecipe, load_config
 from lyrics.extract.cache_location import cache_schema
 from lyrics.model.factory import Stage1Init, build_stage1_model, mqformer_config, qformer_spec
-from lyrics.model.pretraining import save_stage1
+from lyrics.model.mqformer import MQFormer
+from lyrics.model.pretraining import MQFormerForPretraining, save_stage1
 from lyrics.model.tokenizer import TokenIds
 from lyrics.store import CacheMismatchError
 from lyrics.train.cache_data import PretrainCollate, PretrainData, cache_expectation, cache_roots, open_caches
@@ -209,8 +210,17 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbac
     trainer.fit(module, datamodule=data, ckpt_path=prepared.resume, weights_only=True)
     if trainer.is_global_zero:
         plot_losses(metrics_files(logs / "csv"), plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
-        save_stage1(module.model, tokenizer, plan.run_dir / "stage1")
+        export_stage1(plan.run_dir / "checkpoints" / LAST, prepared.init, plan.run_dir / "stage1")
     return plan.run_dir / "stage1"
+
+
+def export_stage1(checkpoint: Path, init: Stage1Init, folder: Path) -> Path:
+    """The stage-1 folder from the run's last checkpoint (full weights whatever the strategy: DDP, FSDP or one process)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    # A fresh module: the trained one may have been wrapped or sharded in place by the strategy.
+    model = MQFormerForPretraining(MQFormer(init.model.mqformer.config), init.model.spatial_representation)
+    model.load_state_dict({name.removeprefix("model."): value for name, value in state.items()})
+    return save_stage1(model, init.tokenizer, folder)
 
 
 def main() -> None:

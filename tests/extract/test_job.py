@@ -1,4 +1,4 @@
-"""The extract phase end to end: `make extract` on the sample and the fuzz set, SIGKILL + resume.
+"""The extract phase end to end: `make extract` on the sample and the fuzz set, SIGKILL + resume, then `make pretrain`.
 
 The runs use a copy of pipelines.yaml whose root is a temporary folder (LYRICS_CONFIG), with at
 most 4 objects per image so that SAM-HQ's decoder keeps the suite quick.
@@ -172,3 +172,16 @@ def test_missing_real_checkpoints_are_refused_before_any_work(config_path, monke
     config = load_config(config_path)
     with pytest.raises(ConfigError, match=r"profile 'paper': .*no-clip-here: clip checkpoint not found \(set LYRICS_CLIP_PATH"):
         ExtractJob.plan(config, "sample", profile="paper")
+
+
+def test_make_pretrain_trains_from_the_cache_make_extract_wrote(config_path, sample_cache):
+    """Phase 2a after phase 1, as a user runs them: `make pretrain`; a rerun resumes and has nothing left to do."""
+    command = ["make", "pretrain", "ARGS=--steps 2"]
+    first = subprocess.run(command, cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run_dir = load_config(config_path).path("{root}/runs/pretrain-tiny")
+    assert f"stage 1: {run_dir / 'stage1'}" in first.stdout
+    assert (run_dir / "loss_curve.png").is_file() and (run_dir / "stage1" / "model.safetensors").is_file()
+    again = subprocess.run(command, cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in again.stdout + again.stderr
