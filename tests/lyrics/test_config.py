@@ -44,6 +44,11 @@ def test_environment_overrides_checkpoint_paths(monkeypatch):
         (lambda r: r["extraction"]["storage"].update(dtype="bf16"), r"extraction\.storage\.dtype: Input should be 'fp16' or 'int8'"),
         (lambda r: r["training"]["pretrain"]["recipes"]["tiny"].update(global_batch=10, micro_batch=4), r"global_batch 10 is not a multiple of micro_batch 4"),
         (lambda r: r["datasets"]["laion"].update(format="tfrecord"), r"datasets\.laion\.format: Input should be 'webdataset' or 'folder'"),
+        (lambda r: r["training"].update(profile="huge"), r"training\.profile 'huge' is not one of the profiles \['paper', 'tiny'\]"),
+        (lambda r: r["training"]["pretrain"].update(data=["laion", "yfcc"]), r"training\.pretrain\.data names unregistered data sets \['yfcc'\]"),
+        (lambda r: r["training"]["pretrain"]["recipes"].pop("paper"), r"training\.pretrain\.recipes has no recipe for the profiles \['paper'\]"),
+        (lambda r: r["training"]["pretrain"].update(msp_probability=0), r"training\.pretrain\.msp_probability: Input should be greater than 0"),
+        (lambda r: r["training"].update(strategy="deepspeed"), r"training\.strategy: Input should be 'auto', 'ddp' or 'fsdp'"),
     ],
 )
 def test_bad_values_are_refused_with_file_key_and_problem(tmp_path, edit, expected):
