@@ -3,8 +3,8 @@
     python bench/train.py [--data sample] [--steps 5] [--batch B] [--workers W] [--out bench/results] [--paper-random]
 
 What phase 1 buys phase 2. Both paths take the same optimizer step (``pretraining_losses``, backward,
-AdamW + schedule of ``PretrainModule.configure_optimizers``, temperature clamp) from the same initial
-MQ-Former, on the same rows in the trainer's ``SampleStream`` order, seeded alike per step:
+AdamW + schedule of ``PretrainModule.configure_optimizers``, temperature clamp) from the MQ-Former that
+``prepare`` builds (seeded), on the same rows in the trainer's ``SampleStream`` order, seeded alike per step:
 
 1. cache: batches from ``open_caches`` through ``PretrainData``'s DataLoader (``training.num_workers``
    workers) and ``PretrainCollate``; timed: batch wait + step.
@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -46,14 +45,15 @@ from lyrics.extract.cache_location import STAGES, cache_schema, extraction_setti
 from lyrics.extract.images import decode_image
 from lyrics.extract.job import TENSOR_KEYS, DecodeStage, shard_name, store_rows
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
-from lyrics.model.factory import build_stage1_model, mqformer_config
+from lyrics.model.factory import mqformer_config
 from lyrics.model.mqformer import MQFormer
 from lyrics.model.pretraining import MQFormerForPretraining
 from lyrics.model.tokenizer import TokenIds, build_tokenizer, vocab_dir
 from lyrics.store import CacheExpectation, CacheIdentity, CacheWriter, StorageOptions
 from lyrics.store.codecs import select_top_q
-from lyrics.train.cache_data import PRETRAIN_FIELDS, PretrainCollate, PretrainData, SampleStream, cache_expectation, cache_roots, open_caches
+from lyrics.train.cache_data import PRETRAIN_FIELDS, PretrainCollate, PretrainData, SampleStream, open_caches
 from lyrics.train.objectives import PretrainBatch, pretraining_losses
+from lyrics.train.pretrain import PretrainPlan, prepare
 from lyrics.train.pretrain_module import PretrainModule
 from lyrics.train.pretrain_text import TextSettings
 
@@ -108,8 +108,7 @@ def online_batch(models: FrozenModels, images: list[WebSample], collate: Pretrai
 
 
 def time_cache(data: PretrainData, runner: StepRunner, steps: int) -> tuple[dict[str, Any], PretrainBatch]:
-    data.trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=1, global_rank=0, world_size=1)  # what train_dataloader reads
-    batches = iter(data.train_dataloader())
+    batches = iter(data.loader())
     runner(first := next(batches))  # warm-up (starts the workers)
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
@@ -165,15 +164,15 @@ def load(args: argparse.Namespace, config: PipelinesConfig, work: Path, device: 
     """(frozen models, cached dataset, initial MQ-Former, tokenizer) of the tiny profile, or of --paper-random."""
     settings = config.training.pretrain
     if not args.paper_random:
-        dataset = open_caches(cache_roots(config, "tiny", [args.data]), cache_expectation(config, "tiny"))  # missing: make extract
-        init = build_stage1_model(config, "tiny", settings.grounding_queries, settings.spatial_representation)
-        return FrozenModels.load(config, "tiny", str(device)), dataset, init.model, init.tokenizer
+        # The trainer's checks, cache (missing: make extract) and seeded initial model; a fresh run folder: nothing to resume.
+        prepared = prepare(PretrainPlan.make(config, "tiny", [args.data], run_dir=work / "run"))
+        return FrozenModels.load(config, "tiny", str(device)), prepared.dataset, prepared.init.model, prepared.init.tokenizer
     print(f"building the paper architectures at random weights on {device} (checkpoints in {work}), then their cache", flush=True)
     models = bench_extract.paper_random_models(config, work, device)
     write_cache(work / "cache", config, args.data, models)
     dataset = open_caches([work / "cache"], CacheExpectation())
     tokenizer = build_tokenizer(vocab_dir(mqformer_config(config, "tiny").vocab))  # the uncased vocabulary the tiny profile ships
-    torch.manual_seed(0)
+    torch.manual_seed(settings.recipes["paper"].seed)
     mqformer = MQFormer(mqformer_config(config, "paper", settings.grounding_queries))  # BERT's random initialization
     mqformer.resize_token_embeddings(len(tokenizer))
     return models, dataset, MQFormerForPretraining(mqformer, spatial_representation=settings.spatial_representation), tokenizer
@@ -187,9 +186,8 @@ def print_tables(r: dict[str, Any]) -> None:
     for label, run in (("from the cache", cache), ("online (frozen models every batch)", online)):
         print(f"{label:<36}{run['steps_per_s']:>9.3f}{1 / run['steps_per_s']:>9.3f}{run['steps_per_s'] / online['steps_per_s']:>11.2f}")
     print("\nonline step, seconds per step (share)")
-    total = 1 / online["steps_per_s"]
     for name, s in [*online["s_per_step"].items(), ("all but the train step", online["frozen_s_per_step"])]:
-        print(f"  {name:<24}{s:>9.3f}{s / total:>8.0%}")
+        print(f"  {name:<24}{s:>9.3f}{s * online['steps_per_s']:>8.0%}")
     print("cache step, seconds per step: " + ", ".join(f"{name} {s:.3f}" for name, s in cache["s_per_step"].items()) +
           f"\nloss after the last step: cache {cache['last_loss']:.4f}, online {online['last_loss']:.4f} (same init, rows and seeds)")  # fmt: skip
     a = r["first_batch_agreement"]

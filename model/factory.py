@@ -46,8 +46,15 @@ def mqformer_config(config: PipelinesConfig, profile: str, grounding_queries: bo
 
 
 def build_stage1_model(
-    config: PipelinesConfig, profile: str, grounding_queries: bool = True, spatial_representation: bool = True
+    config: PipelinesConfig, profile: str, grounding_queries: bool = True, spatial_representation: bool = True, seed: int = 0
 ) -> Stage1Init:
+    """The initial stage-1 model; the weights no checkpoint provides (grounding side, added tokens) come from ``seed``."""
+    with torch.random.fork_rng(devices=[]):  # deterministic whatever the caller's random state, which it leaves alone
+        torch.manual_seed(seed)
+        return _build_stage1_model(config, profile, grounding_queries, spatial_representation)
+
+
+def _build_stage1_model(config: PipelinesConfig, profile: str, grounding_queries: bool, spatial_representation: bool) -> Stage1Init:
     spec = qformer_spec(config, profile)
     mq_config = mqformer_config(config, profile, grounding_queries)
     # A real checkpoint must exist (refused naming its env variable); the tiny one is written on first use.

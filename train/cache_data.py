@@ -114,11 +114,14 @@ class PretrainData(L.LightningDataModule):
         trainer = self.trainer
         # Called after a checkpoint's loops are restored: global_step is where the run resumes.
         consumed = trainer.global_step * trainer.accumulate_grad_batches * self.micro_batch
-        sampler = SampleStream(len(self.dataset), self.seed, trainer.global_rank, trainer.world_size, start=consumed)
+        return self.loader(consumed, trainer.global_rank, trainer.world_size)
+
+    def loader(self, start: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Rank ``rank``'s batches from its ``start``-th sample on."""
         return DataLoader(
             self.dataset,
             batch_size=self.micro_batch,
-            sampler=sampler,
+            sampler=SampleStream(len(self.dataset), self.seed, rank, world_size, start=start),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

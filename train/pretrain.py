@@ -170,8 +170,8 @@ def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
         shutil.rmtree(plan.run_dir)
     resume = _check_resumable(plan)
     dataset = open_caches(plan.caches, cache_expectation(plan.config, plan.profile))  # refuses a mismatched cache, naming it
-    L.seed_everything(plan.recipe.seed, verbose=False)  # the new weights (grounding side, added tokens) are drawn from it
-    init = build_stage1_model(plan.config, plan.profile, plan.settings.grounding_queries, plan.settings.spatial_representation)
+    settings = plan.settings
+    init = build_stage1_model(plan.config, plan.profile, settings.grounding_queries, settings.spatial_representation, plan.recipe.seed)
     return Prepared(dataset, init, resume)
 
 
