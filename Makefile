@@ -62,6 +62,7 @@ test: setup
 bench: setup
 	$(PY) bench/store.py
 	$(PY) bench/extract.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf artifacts
