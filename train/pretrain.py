@@ -156,6 +156,9 @@ class StepProgressBar(TQDMProgressBar):
     def total_train_batches(self) -> int:
         return self.trainer.max_steps * self.trainer.accumulate_grad_batches
 
+    def get_metrics(self, *args: object) -> dict:
+        return {k: v for k, v in super().get_metrics(*args).items() if k != "v_num"}  # the logger version says nothing here
+
 
 @dataclass
 class Prepared:
