@@ -137,7 +137,7 @@ class FinetuneConfig(Strict):
 class TrainingConfig(Strict):
     profile: str = "tiny"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    devices: int | Literal["auto"] = Field("auto", description="GPUs to use; the CPU always trains on one process")
+    devices: int | Literal["auto"] = Field("auto", description="processes: GPUs (auto: all), or CPU processes (auto: one)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per process")
     runs: str = "{root}/runs"
     pretrain: PretrainConfig

@@ -107,10 +107,11 @@ class PretrainPlan:
 
 
 def _devices(config: PipelinesConfig) -> int:
-    if not torch.cuda.is_available():
-        return 1  # one CPU process: the machine's cores go to torch's threads
+    """Processes: every GPU (or ``training.devices`` of them); on CPU one, or ``training.devices`` gloo processes."""
     wanted = config.training.devices
-    return torch.cuda.device_count() if wanted == "auto" else wanted
+    if torch.cuda.is_available():
+        return torch.cuda.device_count() if wanted == "auto" else wanted
+    return 1 if wanted == "auto" else wanted
 
 
 def _check_model_fits(config: PipelinesConfig, profile: str, grounding_queries: bool, recipe: PretrainRecipe) -> None:
@@ -178,8 +179,10 @@ def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
     return Prepared(dataset, init, resume)
 
 
-def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path:
-    """Train (or resume) the plan's run; returns its stage-1 folder. ``callbacks`` are added to the trainer's."""
+def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path | None:
+    """Train (or resume) the plan's run; returns its stage-1 folder (None on ranks other than 0).
+
+    ``callbacks`` are added to the trainer's."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     (plan.run_dir / RUN_SETTINGS).write_text(json.dumps(plan.identity(), indent=2) + "\n")
     settings, recipe, tokenizer = plan.settings, plan.recipe, prepared.init.tokenizer
@@ -213,8 +216,8 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbac
     trainer.fit(module, datamodule=data, ckpt_path=prepared.resume, weights_only=True)
     if trainer.is_global_zero:
         plot_losses(metrics_files(logs / "csv"), plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
-        export_stage1(plan.run_dir / "checkpoints" / LAST, prepared.init, plan.run_dir / "stage1")
-    return plan.run_dir / "stage1"
+        return export_stage1(plan.run_dir / "checkpoints" / LAST, prepared.init, plan.run_dir / "stage1")
+    return None
 
 
 def export_stage1(checkpoint: Path, init: Stage1Init, folder: Path) -> Path:
@@ -256,7 +259,8 @@ def main() -> None:
     print(f"pretrain {plan.profile}: {plan.recipe.steps} steps, batch {plan.recipe.global_batch} "
               f"({plan.devices} x {plan.recipe.micro_batch} x {plan.accumulate} accumulated), caches {[str(c) for c in plan.caches]}")  # fmt: skip
     stage1 = train(plan, prepared)
-    print(f"stage 1: {stage1}\nloss curve: {plan.run_dir / 'loss_curve.png'}")
+    if stage1 is not None:
+        print(f"stage 1: {stage1}\nloss curve: {plan.run_dir / 'loss_curve.png'}")
 
 
 if __name__ == "__main__":

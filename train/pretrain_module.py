@@ -26,7 +26,8 @@ class PretrainModule(L.LightningModule):
         self._seed_step(batch_idx)
         losses = pretraining_losses(self.model, batch, self.token_ids, self.msp_probability)
         size = len(batch.text.input_ids)
-        self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, prog_bar=True, batch_size=size)
+        # Averaged over the ranks (six scalars per step): the logged loss is the global batch's.
+        self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/temp", self.model.temp.detach(), batch_size=size)
         return losses["loss"]
 

@@ -7,6 +7,9 @@ boxes) but carries the tiny profile's real identity, so the trainer checks it as
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -172,3 +175,27 @@ def test_ablations_train_from_the_same_cache(setup, grounding, spatial, suffix):
     assert model.spatial_representation is spatial
     assert not any("crossattention_grounding" in name for name, _ in model.named_parameters()) or grounding
     assert ("train/msp" in logged(plan.run_dir)[0]) is spatial
+
+
+def test_ddp_on_two_cpu_processes_trains_through_the_command(setup):
+    """`training.strategy: ddp` with two gloo processes, launched as a user launches it (the CLI re-executes itself per rank)."""
+    root, _ = setup
+
+    def two_processes(raw):
+        raw["training"].update(devices=2, strategy="ddp")
+        raw["training"]["pretrain"]["recipes"]["tiny"].update(steps=2, micro_batch=1, checkpoint_every=2)
+
+    path = write_config(root, two_processes)
+    run_dir = root / "runs" / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lyrics.train.pretrain", "--config", str(path), "--run", str(run_dir)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("stage 1: ") == 1  # rank 0 reports; rank 1 trains silently
+    assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
+    assert "distributed_backend=gloo" in result.stderr and "All distributed processes registered" in result.stderr
+    assert sorted(logged(run_dir)) == [0, 1]
+    model, _ = load_stage1(run_dir / "stage1")
+    assert model.mqformer.config.use_grounding
