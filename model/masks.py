@@ -44,7 +44,9 @@ class MaskLayout:
 
     ``spatial_lengths`` and ``caption_lengths`` (B,) count S and C per sample, special tokens
     included; ``text_length`` is the padded text length (the input_ids' width). Spatial lengths are
-    all >= 1 (S holds at least [BOS]) or all 0 (the "without spatial representation" ablation).
+    all >= 1 (S holds at least [BOS]) or all 0 (the "without spatial representation" ablation);
+    caption lengths are all >= 1 in the objectives and all 0 in stage 2, where the MQ-Former reads
+    the spatial text alone (``extraction_mask``).
     """
 
     num_visual: int
@@ -64,11 +66,13 @@ class MaskLayout:
         if spatial.dim() != 1 or spatial.shape != caption.shape:
             raise ValueError(f"spatial_lengths {tuple(spatial.shape)} and caption_lengths {tuple(caption.shape)} must be (B,)")
         # S holds at least [BOS] and C at least [CLS]: their outputs are H_sp and H_ic.
-        spatial_ok = bool((spatial >= 1).all() or (spatial == 0).all())
-        if not spatial_ok or (caption < 1).any() or (spatial + caption > self.text_length).any():
+        def present_or_absent(lengths: torch.Tensor) -> bool:
+            return bool((lengths >= 1).all() or (lengths == 0).all())
+
+        if not (present_or_absent(spatial) and present_or_absent(caption)) or (spatial + caption > self.text_length).any():
             raise ValueError(
-                f"each sample needs 1 <= caption, spatial + caption <= text_length ({self.text_length}) and "
-                f"1 <= spatial (or 0 for every sample); got spatial {spatial.tolist()}, caption {caption.tolist()}"
+                f"each sample needs spatial + caption <= text_length ({self.text_length}), and each segment 1 or more "
+                f"tokens (or 0 for every sample); got spatial {spatial.tolist()}, caption {caption.tolist()}"
             )
 
     @property
@@ -127,6 +131,10 @@ def _build(layout: MaskLayout, visible: dict[int, Sequence[int]], causal_caption
     return self_attend_empty_rows(mask)
 
 
+# Queries and the spatial text see each other (MSP, and stage 2's extraction); the caption is blind.
+_QUERIES_AND_SPATIAL = {V: (V, G, S), G: (V, G, S), S: (V, G, S)}
+
+
 def itc_mask(layout: MaskLayout) -> torch.Tensor:
     """ITC, unimodal: queries see queries, text sees text, nothing across.
 
@@ -164,4 +172,12 @@ def msp_mask(layout: MaskLayout) -> torch.Tensor:
     "intra-modal tokens are mutually visible and spatial representation can associate with queries,
     with the exception that image caption are entirely masked".
     """
-    return _build(layout, {V: (V, G, S), G: (V, G, S), S: (V, G, S)})
+    return _build(layout, _QUERIES_AND_SPATIAL)
+
+
+def extraction_mask(layout: MaskLayout) -> torch.Tensor:
+    """Stage 2's semantic-aware extraction (SPEC section 5): the queries read the spatial text and it reads them.
+
+    MSP's table without the masking: queries and S see each other; there is no caption (lengths 0).
+    """
+    return _build(layout, _QUERIES_AND_SPATIAL)
