@@ -2,7 +2,8 @@
 
 Every profile's LLM checkpoint is a Hugging Face causal-LM folder (``config.json``, safetensors
 or ``.bin`` weights, tokenizer files), loaded with ``AutoModelForCausalLM`` / ``AutoTokenizer``
-and ``local_files_only=True``; a hub id is never looked up.
+and ``local_files_only=True``; a hub id is never looked up (transformers reads ``.bin`` shards
+with ``torch.load(weights_only=True)``).
 
 - ``paper``: Vicuna-13B v1.5 at ``LYRICS_LLM_PATH``; a missing folder is refused naming the path
   and the variable.
@@ -64,7 +65,7 @@ class LLMArch:
             raise ValueError(f"{where}: lora_targets must be a list of module names, got {targets!r}")
         source = arch.get("source") or {}
         if not isinstance(source, dict) or set(source) - {"gguf"}:
-            raise ValueError(f"{where}: source must be {{\"gguf\": <file>}}, got {source!r}")
+            raise ValueError(f'{where}: source must be {{"gguf": <file>}}, got {source!r}')
         gguf = resolve_location(source["gguf"], arch_path.parent, f"{where} source.gguf") if "gguf" in source else None
         return cls(DTYPES[dtype], tuple(targets), gguf)
 
