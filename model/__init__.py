@@ -1,4 +1,4 @@
-"""The MQ-Former (SPEC section 4), shared by training and evaluation.
+"""The models shared by training and evaluation: the MQ-Former (SPEC section 4) and the LVLM (section 5).
 
 - ``mqformer``: ``MQFormerConfig`` (profiles in ``configs/``), ``MQFormer`` and its LM head.
 - ``qformer_checkpoints``: initialization from BLIP-2 Q-Former checkpoints (LAVIS and Hugging Face
