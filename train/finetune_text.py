@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-IMAGE = "<Image>"
+from lyrics.data.instruction_templates import IMAGE_TOKEN as IMAGE  # where the image goes in a prompt
+
 IGNORE = -100
 
 
