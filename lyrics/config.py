@@ -130,8 +130,32 @@ class PretrainConfig(Strict):
     recipes: dict[str, PretrainRecipe]
 
 
+class FinetuneRecipe(RecipeConfig):
+    max_spatial_tokens: int = Field(256, ge=2, description="[BOS] + spatial text read by the MQ-Former (semantic-aware extraction)")
+    max_prompt_objects: int = Field(16, ge=0, description="objects of spatial text written into the LLM prompt, best first")
+    max_text_tokens: int = Field(512, ge=8, description="LLM tokens of an example, the visual tokens included; later turns are dropped")
+    # LoRA on the LLM's attention (targets: the LLM arch's lora_targets). Rank 96 on Vicuna-13B's q, v
+    # is the paper's 79 M LoRA parameters.
+    lora_rank: int = Field(96, ge=1)
+    lora_alpha: int = Field(192, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class InstructionSet(Strict):
+    """Instruction examples (JSONL, data/instructions.py) and the cached data set their images are in."""
+
+    instructions: str
+    images: str = Field(description="a data set under datasets: whose cache holds the examples' images")
+    produced_by: str | None = None
+
+
 class FinetuneConfig(Strict):
-    recipes: dict[str, RecipeConfig]
+    """Stage 2 (SPEC section 5): projection + LoRA (and the MQ-Former) on instruction data from the cache."""
+
+    data: list[str] = Field(["sample"], min_length=1, description="instruction sets (names under instructions:) to train on")
+    semantic_aware: bool = Field(True, description="the MQ-Former reads the sample's spatial text")
+    spatial_text_in_prompt: bool = Field(True, description="the LLM prompt carries the spatial text after the image")
+    recipes: dict[str, FinetuneRecipe]
 
 
 class TrainingConfig(Strict):
@@ -152,6 +176,7 @@ class EvaluationConfig(Strict):
 class PipelinesConfig(Strict):
     root: str
     datasets: dict[str, DatasetConfig]
+    instructions: dict[str, InstructionSet] = {}
     profiles: dict[str, ProfileConfig]
     extraction: ExtractionConfig
     training: TrainingConfig
@@ -167,6 +192,12 @@ class PipelinesConfig(Strict):
         unknown = sorted(set(self.training.pretrain.data) - set(self.datasets))
         if unknown:
             raise ValueError(f"training.pretrain.data names unregistered data sets {unknown}; registered: {sorted(self.datasets)}")
+        unknown = sorted(set(self.training.finetune.data) - set(self.instructions))
+        if unknown:
+            raise ValueError(f"training.finetune.data names unregistered instruction sets {unknown}; registered: {sorted(self.instructions)}")
+        for name, item in self.instructions.items():
+            if item.images not in self.datasets:
+                raise ValueError(f"instructions.{name}.images: {item.images!r} is not a registered data set ({sorted(self.datasets)})")
         for stage in ("pretrain", "finetune"):
             missing = set(self.profiles) - set(getattr(self.training, stage).recipes)
             if missing:
@@ -182,6 +213,11 @@ class PipelinesConfig(Strict):
         if name not in self.datasets:
             raise ConfigError(f"{self.source}: datasets: no dataset {name!r}; registered: {sorted(self.datasets)}")
         return self.datasets[name]
+
+    def instruction_set(self, name: str) -> InstructionSet:
+        if name not in self.instructions:
+            raise ConfigError(f"{self.source}: instructions: no instruction set {name!r}; registered: {sorted(self.instructions)}")
+        return self.instructions[name]
 
     def profile(self, name: str) -> ProfileConfig:
         if name not in self.profiles:

@@ -24,7 +24,8 @@ def main() -> None:
         print(f"{(out / name).stat().st_size:>10,d}  {out / name}")
     print(
         f"{index.images} images, {index.captions} captions, {index.objects} objects, "
-        f"{index.refs} referring expressions, {index.questions} questions -> {out}"
+        f"{index.refs} referring expressions, {index.questions} questions, "
+        f"{index.instructions} instruction examples -> {out}"
     )
 
 

@@ -1,5 +1,5 @@
 """Build the sample data set folder: the annotated photos written in every public format the
-pipeline reads, plus the fuzz set. The build is deterministic (two builds are byte-identical)
+pipeline reads, the stage-2 instruction files made from those, plus the fuzz set. The build is deterministic (two builds are byte-identical)
 and atomic: it is written into a temporary sibling folder that is renamed into place once
 complete, with a `.complete` marker inside."""
 
@@ -11,10 +11,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from lyrics.data.instructions import write_jsonl
 from lyrics.data.sample import documents
 from lyrics.data.sample.annotations import DEFAULT_ANNOTATIONS_PATH, SampleAnnotations, load_annotations
 from lyrics.data.sample.encode import jpeg_bytes, json_bytes, sha256_hex
 from lyrics.data.sample.fuzz import write_fuzz
+from lyrics.data.sample.instructions import sample_instructions
 from lyrics.data.sample.photos import open_photo
 from lyrics.data.sample.shards import ShardSample, sample_key, write_img2dataset_shard
 
@@ -32,6 +34,7 @@ class SampleIndex:
     objects: int
     refs: int
     questions: int
+    instructions: int
     files: dict[str, str]
 
 
@@ -82,6 +85,7 @@ def _write_all(root: Path, annotations: SampleAnnotations, photos: dict[str, Ima
         "annotations.json": json_bytes(documents.vqa_annotations(annotations)),
     })
     _write(root / "llava", {"conversations.json": json_bytes(documents.llava_conversations(annotations))})
+    instructions = _write_instructions(root, sizes)
     write_fuzz(root / "fuzz")
     index = SampleIndex(
         images=len(images),
@@ -89,6 +93,7 @@ def _write_all(root: Path, annotations: SampleAnnotations, photos: dict[str, Ima
         objects=sum(len(image.objects) for image in images),
         refs=sum(len(item.refs) for image in images for item in image.objects),
         questions=sum(len(image.qa) for image in images),
+        instructions=instructions,
         files={
             path.relative_to(root).as_posix(): sha256_hex(path.read_bytes())
             for path in sorted(root.rglob("*"))
@@ -126,6 +131,16 @@ def _write_webdataset(
             }
             samples.append(ShardSample(key, "jpg", jpegs[image.key], image.captions[0], meta))
         write_img2dataset_shard(folder, shard_id, samples)
+
+
+def _write_instructions(root: Path, sizes: dict[str, tuple[int, int]]) -> int:
+    """`instructions/<split>.jsonl`, read back from the public-format files just written (so they
+    must come first); returns the number of examples."""
+    folder = root / "instructions"
+    folder.mkdir()
+    return sum(
+        write_jsonl(folder / f"{split}.jsonl", examples) for split, examples in sample_instructions(root, sizes).items()
+    )
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> None:
