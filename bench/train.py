@@ -6,7 +6,7 @@ What phase 1 buys phase 2. Both paths take the same optimizer step (``pretrainin
 AdamW + schedule of ``PretrainModule.configure_optimizers``, temperature clamp) from the MQ-Former that
 ``prepare`` builds (seeded), on the same rows in the trainer's ``SampleStream`` order, seeded alike per step:
 
-1. cache: batches from ``open_caches`` through ``PretrainData``'s DataLoader (``training.num_workers``
+1. cache: batches from ``open_caches`` through ``StreamData``'s DataLoader (``training.num_workers``
    workers) and ``PretrainCollate``; timed: batch wait + step.
 2. online: each batch's images (bytes read before timing) decoded, preprocessed, CLIP, RAM++,
    Grounding-DINO (on the tags), SAM-HQ (on the boxes) through ``run_stage`` as the extraction runs
@@ -51,7 +51,7 @@ from lyrics.model.pretraining import MQFormerForPretraining
 from lyrics.model.tokenizer import TokenIds, build_tokenizer, vocab_dir
 from lyrics.store import CacheExpectation, CacheIdentity, CacheWriter, StorageOptions
 from lyrics.store.codecs import select_top_q
-from lyrics.train.cache_data import PRETRAIN_FIELDS, PretrainCollate, PretrainData, SampleStream, open_caches
+from lyrics.train.cache_data import PRETRAIN_FIELDS, PretrainCollate, StreamData, SampleStream, open_caches
 from lyrics.train.objectives import PretrainBatch, pretraining_losses
 from lyrics.train.pretrain import PretrainPlan, prepare
 from lyrics.train.pretrain_module import PretrainModule
@@ -107,7 +107,7 @@ def online_batch(models: FrozenModels, images: list[WebSample], collate: Pretrai
     return batch
 
 
-def time_cache(data: PretrainData, runner: StepRunner, steps: int) -> tuple[dict[str, Any], PretrainBatch]:
+def time_cache(data: StreamData, runner: StepRunner, steps: int) -> tuple[dict[str, Any], PretrainBatch]:
     batches = iter(data.loader())
     runner(first := next(batches))  # warm-up (starts the workers)
     wait, start = 0.0, time.perf_counter()
@@ -221,7 +221,7 @@ def main() -> None:
         collate = PretrainCollate(tokenizer, TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation))
         runner = functools.partial(StepRunner, model, TokenIds.of(tokenizer), recipe, settings.msp_probability, device)
         print(f"{len(dataset)} cached rows, batch {batch}, {args.steps} timed steps per path, {device} ...", flush=True)
-        cache, cached_first = time_cache(PretrainData(dataset, collate, batch, workers, recipe.seed), runner(), args.steps)
+        cache, cached_first = time_cache(StreamData(dataset, collate, batch, workers, recipe.seed), runner(), args.steps)
         batches = stream_batches(config, args.data, dataset, recipe.seed, batch, args.steps + 1)
         online, online_first = time_online(batches, models, collate, runner(), config.extraction.storage.top_q)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,22 +90,27 @@ class PretrainCollate:
     text: TextSettings
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> PretrainBatch:
-        def stack(name: str) -> torch.Tensor:
-            return torch.stack([item[name] for item in items])
-
-        gdino = stack("gdino_tokens").float()
-        image = ImageInputs(
-            vit_tokens=stack("vit_tokens").float(),
-            refiner_tokens=torch.cat([gdino, stack("sam_tokens").float()], dim=1),
-            # Every stored Grounding-DINO query is real; SAM-HQ objects are padded to max_objects.
-            refiner_mask=torch.cat([torch.ones(gdino.shape[:2], dtype=torch.bool), stack("sam_mask")], dim=1),
-        )
         text = encode_pretrain_text(self.tokenizer, [i["spatial_text"] for i in items], [i["caption"] for i in items], self.text)
-        return PretrainBatch(image, text)
+        return PretrainBatch(ImageInputs(*image_tensors(items)), text)
 
 
-class PretrainData(L.LightningDataModule):
-    def __init__(self, dataset: Dataset, collate: PretrainCollate, micro_batch: int, num_workers: int, seed: int) -> None:
+def image_tensors(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vit_tokens, refiner_tokens, refiner_mask) of cached rows: CLIP tokens; Grounding-DINO then SAM-HQ tokens."""
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(item[name]) for item in items])
+
+    gdino = stack("gdino_tokens").float()
+    refiner = torch.cat([gdino, stack("sam_tokens").float()], dim=1)
+    # Every stored Grounding-DINO query is real; SAM-HQ objects are padded to max_objects.
+    mask = torch.cat([torch.ones(gdino.shape[:2], dtype=torch.bool), stack("sam_mask").bool()], dim=1)
+    return stack("vit_tokens").float(), refiner, mask
+
+
+class StreamData(L.LightningDataModule):
+    """A dataset as an endless, resumable, seeded stream of micro-batches (see ``SampleStream``)."""
+
+    def __init__(self, dataset: Dataset, collate: Callable[[list], Any], micro_batch: int, num_workers: int, seed: int) -> None:
         super().__init__()
         self.dataset, self.collate = dataset, collate
         self.micro_batch, self.num_workers, self.seed = micro_batch, num_workers, seed

@@ -17,17 +17,12 @@ for `make finetune`.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
 
 from lyrics.config import ConfigError, PipelinesConfig, PretrainConfig, PretrainRecipe, load_config
@@ -37,14 +32,10 @@ from lyrics.model.mqformer import MQFormer
 from lyrics.model.pretraining import MQFormerForPretraining, save_stage1
 from lyrics.model.tokenizer import TokenIds
 from lyrics.store import CacheMismatchError
-from lyrics.train.cache_data import PretrainCollate, PretrainData, cache_expectation, cache_roots, open_caches
-from lyrics.train.loss_curve import metrics_files, plot_losses
+from lyrics.train.cache_data import PretrainCollate, StreamData, cache_expectation, cache_roots, open_caches
 from lyrics.train.pretrain_module import PretrainModule
 from lyrics.train.pretrain_text import TextSettings
-
-RUN_SETTINGS = "run.json"
-LAST = "last.ckpt"
-
+from lyrics.train.runs import accumulation, devices, fit, last_checkpoint_state, start_run
 
 @dataclass
 class PretrainPlan:
@@ -79,12 +70,8 @@ class PretrainPlan:
         recipe = settings.recipes[profile]
         if steps is not None:
             recipe = recipe.model_copy(update={"steps": steps})
-        devices = _devices(config)
-        if recipe.global_batch % (recipe.micro_batch * devices):
-            raise ConfigError(
-                f"{config.source}: training.pretrain.recipes.{profile}: global_batch {recipe.global_batch} is not a multiple of "
-                f"micro_batch {recipe.micro_batch} x {devices} process(es)"
-            )
+        processes = devices(config)
+        accumulate = accumulation(config, "pretrain", profile, recipe, processes)
         _check_model_fits(config, profile, settings.grounding_queries, recipe)
         caches = list(caches) if caches else cache_roots(config, profile, settings.data)
         if run_dir is None:
@@ -92,8 +79,7 @@ class PretrainPlan:
                 f"-no-{name}" for name, on in (("grounding", settings.grounding_queries), ("spatial", settings.spatial_representation)) if not on
             )
             run_dir = config.path(config.training.runs) / f"pretrain-{profile}{suffix}"
-        accumulate = recipe.global_batch // (recipe.micro_batch * devices)
-        return cls(config, profile, settings, recipe, caches, run_dir, devices, accumulate)
+        return cls(config, profile, settings, recipe, caches, run_dir, processes, accumulate)
 
     def identity(self) -> dict:
         """What a resumed run must share with the run it continues."""
@@ -104,14 +90,6 @@ class PretrainPlan:
             "recipe": self.recipe.model_dump(mode="json"),
             "processes": self.devices,
         }
-
-
-def _devices(config: PipelinesConfig) -> int:
-    """Processes: every GPU (or ``training.devices`` of them); on CPU one, or ``training.devices`` gloo processes."""
-    wanted = config.training.devices
-    if torch.cuda.is_available():
-        return torch.cuda.device_count() if wanted == "auto" else wanted
-    return 1 if wanted == "auto" else wanted
 
 
 def _check_model_fits(config: PipelinesConfig, profile: str, grounding_queries: bool, recipe: PretrainRecipe) -> None:
@@ -128,39 +106,6 @@ def _check_model_fits(config: PipelinesConfig, profile: str, grounding_queries: 
         )
 
 
-def _check_resumable(plan: PretrainPlan) -> Path | None:
-    """The checkpoint to resume from (None: a fresh run); a run started with other settings is refused."""
-    saved = plan.run_dir / RUN_SETTINGS
-    last = plan.run_dir / "checkpoints" / LAST
-    if not saved.is_file():
-        return None
-    changes = _differences(json.loads(saved.read_text()), json.loads(json.dumps(plan.identity())))
-    if changes:
-        raise ConfigError(
-            f"{saved}: this run was started with other settings ({'; '.join(changes)}); "
-            "pass --restart to start it over, or --run for a new folder"
-        )
-    return last if last.is_file() else None
-
-
-def _differences(before: object, now: object, key: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs between two JSON trees."""
-    if isinstance(before, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(before) | set(now)) for d in _differences(before.get(k), now.get(k), f"{key}.{k}" if key else k)]
-    return [] if before == now else [f"{key}: {before} -> {now}"]
-
-
-class StepProgressBar(TQDMProgressBar):
-    """The bar counts micro-batches towards the run's last step (the data stream itself is endless)."""
-
-    @property
-    def total_train_batches(self) -> int:
-        return self.trainer.max_steps * self.trainer.accumulate_grad_batches
-
-    def get_metrics(self, *args: object) -> dict:
-        return {k: v for k, v in super().get_metrics(*args).items() if k != "v_num"}  # the logger version says nothing here
-
-
 @dataclass
 class Prepared:
     dataset: Dataset
@@ -170,9 +115,7 @@ class Prepared:
 
 def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
     """The checks that read files (the run's settings, the caches) and the initial model; no training yet."""
-    if restart and plan.run_dir.exists():
-        shutil.rmtree(plan.run_dir)
-    resume = _check_resumable(plan)
+    resume = start_run(plan.run_dir, plan.identity(), restart)
     dataset = open_caches(plan.caches, cache_expectation(plan.config, plan.profile))  # refuses a mismatched cache, naming it
     settings = plan.settings
     init = build_stage1_model(plan.config, plan.profile, settings.grounding_queries, settings.spatial_representation, plan.recipe.seed)
@@ -183,49 +126,22 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbac
     """Train (or resume) the plan's run; returns its stage-1 folder (None on ranks other than 0).
 
     ``callbacks`` are added to the trainer's."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / RUN_SETTINGS).write_text(json.dumps(plan.identity(), indent=2) + "\n")
     settings, recipe, tokenizer = plan.settings, plan.recipe, prepared.init.tokenizer
     text = TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation)
-    collate = PretrainCollate(tokenizer, text)
-    data = PretrainData(prepared.dataset, collate, recipe.micro_batch, plan.config.training.num_workers, recipe.seed)
+    data = StreamData(prepared.dataset, PretrainCollate(tokenizer, text), recipe.micro_batch, plan.config.training.num_workers, recipe.seed)
     module = PretrainModule(prepared.init.model, TokenIds.of(tokenizer), recipe, settings.msp_probability)
-    logs = plan.run_dir / "logs"
-    gpu = torch.cuda.is_available()
-    trainer = L.Trainer(
-        accelerator="gpu" if gpu else "cpu",
-        devices=plan.devices,
-        strategy=plan.config.training.strategy,
-        precision="bf16-mixed" if gpu else "32-true",
-        max_steps=recipe.steps,
-        accumulate_grad_batches=plan.accumulate,
-        use_distributed_sampler=False,  # SampleStream splits the ranks itself
-        # Each launch logs to a new version_N (a resumed run continues in the next); flushed at every
-        # log, so a crashed launch keeps what it logged.
-        logger=[CSVLogger(logs, name="csv", flush_logs_every_n_steps=recipe.log_every), TensorBoardLogger(logs, name="tensorboard")],
-        log_every_n_steps=recipe.log_every,
-        callbacks=[
-            ModelCheckpoint(plan.run_dir / "checkpoints", every_n_train_steps=recipe.checkpoint_every, save_last=True, save_top_k=-1),
-            *([StepProgressBar()] if progress else []),
-            *callbacks,
-        ],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=prepared.resume, weights_only=True)
+    trainer = fit(module, data, plan.run_dir, plan.identity(), recipe, plan.config, plan.devices, plan.accumulate, prepared.resume,
+                  f"stage 1, {plan.run_dir.name}", progress, callbacks)  # fmt: skip
     if trainer.is_global_zero:
-        plot_losses(metrics_files(logs / "csv"), plan.run_dir / "loss_curve.png", title=f"stage 1, {plan.run_dir.name}")
-        return export_stage1(plan.run_dir / "checkpoints" / LAST, prepared.init, plan.run_dir / "stage1")
+        return export_stage1(plan.run_dir, prepared.init, plan.run_dir / "stage1")
     return None
 
 
-def export_stage1(checkpoint: Path, init: Stage1Init, folder: Path) -> Path:
+def export_stage1(run_dir: Path, init: Stage1Init, folder: Path) -> Path:
     """The stage-1 folder from the run's last checkpoint (full weights whatever the strategy: DDP, FSDP or one process)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     # A fresh module: the trained one may have been wrapped or sharded in place by the strategy.
     model = MQFormerForPretraining(MQFormer(init.model.mqformer.config), init.model.spatial_representation)
-    model.load_state_dict({name.removeprefix("model."): value for name, value in state.items()})
+    model.load_state_dict(last_checkpoint_state(run_dir))
     return save_stage1(model, init.tokenizer, folder)
 
 

@@ -60,6 +60,19 @@ class PretrainText:
         )
 
 
+def spatial_tokens(tokenizer: PreTrainedTokenizerBase, bos: int, spatial_text: str, max_tokens: int) -> tuple[list[int], list[int]]:
+    """``[BOS]`` and the whole objects that fit in ``max_tokens``, with each token's object number (0 for [BOS])."""
+    tokens, objects = [bos], [0]
+    pieces = _OBJECT.findall(spatial_text)
+    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+    for number, piece in enumerate(encoded, start=1):
+        if len(tokens) + len(piece) > max_tokens:
+            break
+        tokens += piece
+        objects += [number] * len(piece)
+    return tokens, objects
+
+
 def encode_pretrain_text(
     tokenizer: PreTrainedTokenizerBase, spatial_texts: Sequence[str], captions: Sequence[str | None], settings: TextSettings
 ) -> PretrainText:
@@ -71,14 +84,7 @@ def encode_pretrain_text(
         tokens: list[int] = []
         objects: list[int] = []
         if settings.spatial_representation:
-            tokens, objects = [ids.bos], [0]
-            pieces = _OBJECT.findall(spatial_text)
-            encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
-            for number, piece in enumerate(encoded, start=1):
-                if len(tokens) + len(piece) > settings.max_spatial_tokens:
-                    break
-                tokens += piece
-                objects += [number] * len(piece)
+            tokens, objects = spatial_tokens(tokenizer, ids.bos, spatial_text, settings.max_spatial_tokens)
         words = tokenizer(caption or "", add_special_tokens=False)["input_ids"][: settings.max_caption_tokens - 2]
         spatial_rows.append(tokens)
         object_rows.append(objects)

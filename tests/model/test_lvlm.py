@@ -45,7 +45,10 @@ def test_only_the_mqformer_the_projection_and_lora_train_and_the_llm_stays_put()
     model = build()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if n.startswith("llm.")} == {n for n, _ in model.named_parameters() if "lora_" in n}
-    assert all(p.requires_grad for p in model.mqformer.parameters()) and all(p.requires_grad for p in model.projection.parameters())
+    frozen_head = {n for n, p in model.mqformer.named_parameters() if not p.requires_grad}
+    assert frozen_head == {"cls.predictions.bias", *(f"cls.predictions.transform.{k}" for k in ("dense.weight", "dense.bias", "LayerNorm.weight", "LayerNorm.bias"))}
+    assert model.mqformer.embeddings.word_embeddings.weight.requires_grad  # the tied decoder's weight reads the spatial text
+    assert all(p.requires_grad for p in model.projection.parameters())
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     # q_proj (48 -> 48) and v_proj (48 -> 24, two KV heads of 12) per layer: r x (in + out) each.
     assert lora == 2 * (4 * (48 + 48) + 4 * (48 + 24))
