@@ -23,6 +23,7 @@ from lyrics.extract.grounding_dino import GdinoPreprocess, GroundingDino, load_g
 from lyrics.extract.ram_plus import RamPlusTagger, RamPreprocess, load_ram_plus
 from lyrics.extract.sam_hq import SamHq, SamPreprocess, load_sam_hq
 from lyrics.spatial_text import format_objects
+from lyrics.store.codecs import select_top_q
 
 Chunk = dict[str, Any]
 LOADERS = {"clip": load_clip, "ram": load_ram_plus, "gdino": load_grounding_dino, "sam": load_sam_hq}
@@ -132,9 +133,19 @@ class Refined:
     spatial_text: str
     vit_tokens: np.ndarray
     gdino_tokens: np.ndarray
+    gdino_scores: np.ndarray
     sam_tokens: np.ndarray
     sam_mask: np.ndarray
     sam_masks: np.ndarray
+
+    def row(self, top_q: int | None) -> dict[str, Any]:
+        """What a cache row of this image holds for the trainers (``CacheDataset``'s keys): the tokens as
+        the writer keeps them (the ``top_q`` best Grounding-DINO queries, when set) and the spatial text."""
+        gdino = self.gdino_tokens
+        if top_q and len(gdino) > top_q:
+            gdino = select_top_q(gdino[None], self.gdino_scores[None], top_q)[0]
+        tensors = {"vit_tokens": self.vit_tokens, "gdino_tokens": gdino, "sam_tokens": self.sam_tokens, "sam_mask": self.sam_mask}
+        return {**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in tensors.items()}, "spatial_text": self.spatial_text}
 
 
 def refine(image: Image.Image, models: FrozenModels) -> Refined:
@@ -149,6 +160,7 @@ def refine(image: Image.Image, models: FrozenModels) -> Refined:
         spatial_text=chunk["spatial_text"][0],
         vit_tokens=chunk["vit_tokens"][0],
         gdino_tokens=chunk["gdino_tokens"][0],
+        gdino_scores=chunk["gdino_scores"][0],
         sam_tokens=chunk["sam_tokens"][0],
         sam_mask=chunk["sam_mask"][0],
         sam_masks=chunk["sam_masks"][0],
