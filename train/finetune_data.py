@@ -105,30 +105,40 @@ class SampleEncoder:
 
     def training_batch(self, items: Sequence[dict[str, Any]]) -> FinetuneBatch:
         """Teacher-forced inputs of items with ``turns``; right-padded."""
-        tokens = [
-            encode_conversation(self.llm_tokenizer, self._with_objects(item["turns"], item["spatial_text"]),
-                                self.num_visual_tokens, self.settings.max_text_tokens)  # fmt: skip
-            for item in items
-        ]
-        return self._batch(items, tokens, left=False)
+        return self._batch(items, [self._conversation(item) for item in items], left=False)
 
     def prompt_batch(self, items: Sequence[dict[str, Any]], histories: Sequence[Sequence[tuple[str, str]]], questions: Sequence[str]) -> FinetuneBatch:
         """Generation inputs: each item's history and new question (its first turn holds ``<Image>``); left-padded."""
         tokens = []
         for item, history, question in zip(items, histories, questions, strict=True):
-            turns = self._with_objects([*history, (question, "")], item["spatial_text"])
+            turns = self._with_objects([*history, (question, "")], self._objects(item["spatial_text"]))
             tokens.append(encode_prompt(self.llm_tokenizer, turns[:-1], turns[-1][0], self.num_visual_tokens))
         return self._batch(items, tokens, left=True)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> FinetuneBatch:
         return self.training_batch(items)
 
-    def _with_objects(self, turns: Sequence[tuple[str, str]], spatial_text: str | None) -> list[tuple[str, str]]:
+    def _conversation(self, item: dict[str, Any]) -> ChatTokens:
+        """The example's tokens with as many prompt objects as leave its first answer whole in max_text_tokens."""
+        objects = self._objects(item["spatial_text"])
+        for keep in range(len(objects), -1, -1):
+            tokens = encode_conversation(self.llm_tokenizer, self._with_objects(item["turns"], objects[:keep]),
+                                         self.num_visual_tokens, self.settings.max_text_tokens)  # fmt: skip
+            if not tokens.truncated:
+                break
+        return tokens  # without objects and still too long: the first answer is cut
+
+    def _objects(self, spatial_text: str | None) -> list[str]:
+        if not (self.settings.spatial_text_in_prompt and spatial_text):
+            return []
+        return _OBJECT.findall(spatial_text)[: self.settings.max_prompt_objects]
+
+    @staticmethod
+    def _with_objects(turns: Sequence[tuple[str, str]], objects: Sequence[str]) -> list[tuple[str, str]]:
         turns = [tuple(turn) for turn in turns]
-        if self.settings.spatial_text_in_prompt and spatial_text and self.settings.max_prompt_objects:
-            objects = "".join(_OBJECT.findall(spatial_text)[: self.settings.max_prompt_objects])
+        if objects:
             human, assistant = turns[0]
-            turns[0] = (human.replace(IMAGE_TOKEN, f"{IMAGE_TOKEN}{objects}\n", 1), assistant)
+            turns[0] = (human.replace(IMAGE_TOKEN, f"{IMAGE_TOKEN}{''.join(objects)}\n", 1), assistant)
         return turns
 
     def _batch(self, items: Sequence[dict[str, Any]], tokens: Sequence[ChatTokens], left: bool) -> FinetuneBatch:

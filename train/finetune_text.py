@@ -25,6 +25,7 @@ class ChatTokens:
     input_ids: torch.Tensor  # (L,)
     labels: torch.Tensor  # (L,) IGNORE except response tokens
     image_positions: torch.Tensor  # (L,) bool, num_image_tokens True
+    truncated: bool = False  # max_length cut into the first turn (its answer is incomplete)
 
 
 def _messages(turns: Sequence[tuple[str, str]], upto: int, with_answer: bool) -> list[dict[str, str]]:
@@ -69,11 +70,12 @@ def encode_conversation(
             break
         labels += [IGNORE] * (len(prompt) - len(ids)) + full[len(prompt) :]
         ids, image = full, full_image
-    if max_length is not None:
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
         ids, labels, image = ids[:max_length], labels[:max_length], image[:max_length]
         if sum(image) != num_image_tokens:
             raise ValueError(f"max_length {max_length} cuts into the image slot")
-    return ChatTokens(torch.tensor(ids), torch.tensor(labels), torch.tensor(image))
+    return ChatTokens(torch.tensor(ids), torch.tensor(labels), torch.tensor(image), truncated)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, history: Sequence[tuple[str, str]], question: str, num_image_tokens: int) -> ChatTokens:

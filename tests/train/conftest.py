@@ -1,6 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 
 from lyrics.model.tokenizer import TokenIds, build_tokenizer, vocab_dir
+
+# synthetic_cache.py sits beside the tests; pytest's importlib mode puts no test folder on the path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")

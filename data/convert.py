@@ -1,0 +1,237 @@
+"""`python -m lyrics.data.convert <format> ... --out FILE.jsonl [--source NAME]`: turn a public
+annotation format into stage 2's one instruction format (JSONL, data/instructions.py).
+
+    coco-captions --captions captions_train2014.json
+    coco-captions --captions dataset_coco.json --karpathy --split train
+    vqa           --questions Q.json --annotations A.json --image-names captions_train2014.json [--text-vqa]
+    refcoco       --refs 'refs(unc).json' --instances instances.json [--split train]
+    llava         --conversations llava_instruct_150k.json
+    scienceqa     --problems problems.json [--split train]
+
+An example names its image by file name stem (the join key with the feature cache), so the image
+files themselves are not read; `--images` only says where the file names are resolved.
+"""
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from lyrics.data.coco import read_coco_captions, read_karpathy_split
+from lyrics.data.errors import DataFormatError
+from lyrics.data.instruction_templates import TEXT_VQA, VQA
+from lyrics.data.instructions import (
+    Instruction,
+    MissingImagesError,
+    from_coco_captions,
+    from_llava,
+    from_refcoco,
+    from_scienceqa,
+    from_vqa,
+    read_scienceqa,
+    write_jsonl,
+)
+from lyrics.data.jsonfile import read_json
+from lyrics.data.llava import read_llava
+from lyrics.data.refcoco import read_refcoco
+from lyrics.data.vqa import read_vqa
+
+T = TypeVar("T")
+_LISTED = 10  # repeated ids named in an error
+_MAIN_INPUT = {  # the argument naming the file the examples' ids come from
+    "coco-captions": "captions",
+    "vqa": "questions",
+    "refcoco": "refs",
+    "llava": "conversations",
+    "scienceqa": "problems",
+}
+
+
+class _Image(BaseModel):
+    id: int
+    file_name: str
+
+
+class _SizedImage(_Image):
+    width: int
+    height: int
+
+
+class _Images(BaseModel):
+    """Any COCO-style file (captions, instances) read for its `images` list only."""
+
+    images: list[_Image]
+
+
+class _SizedImages(BaseModel):
+    images: list[_SizedImage]
+
+
+# --- one function per format -------------------------------------------------------------------
+def coco_captions(
+    captions: Path, images: Path, source: str = "coco", karpathy: bool = False, split: str | None = None
+) -> list[Instruction]:
+    """A COCO captions file, or with `karpathy` a Karpathy `dataset_coco.json` (whose images
+    `split` may select; `images` is then the folder holding train2014/ and val2014/)."""
+    if karpathy:
+        captioned = _of_split(read_karpathy_split(captions, images), split, captions)
+    else:
+        if split is not None:
+            raise ValueError("only a Karpathy file has splits to select")
+        captioned = read_coco_captions(captions, images)
+    return from_coco_captions(captioned, source)
+
+
+def vqa(
+    questions: Path, annotations: Path, image_names: Path, source: str | None = None, text_vqa: bool = False
+) -> list[Instruction]:
+    """VQAv2-style questions and annotations (VQAv2, OK-VQA); image ids are named by the `images`
+    list of a COCO-style file. `text_vqa` uses the text-reading templates."""
+    records = read_vqa(questions, annotations)
+    keys = {image.id: PurePosixPath(image.file_name).stem for image in read_json(image_names, _Images).images}
+    task = TEXT_VQA if text_vqa else VQA
+    with _naming(questions, image_names):
+        return from_vqa(records, keys, source or ("textvqa" if text_vqa else "vqav2"), task)
+
+
+def refcoco(refs: Path, instances: Path, source: str = "refcoco", split: str | None = None) -> list[Instruction]:
+    """RefCOCO / RefCOCO+ / RefCOCOg refs (as JSON) with the COCO instances file, whose images'
+    width and height normalise the boxes; `split` keeps the refs of that split."""
+    expressions = _of_split(read_refcoco(refs, instances), split, refs)
+    sizes = {
+        PurePosixPath(image.file_name).stem: (image.width, image.height)
+        for image in read_json(instances, _SizedImages).images
+    }
+    with _naming(refs, instances):
+        return from_refcoco(expressions, sizes, source)
+
+
+def llava(conversations: Path, images: Path, source: str = "llava") -> list[Instruction]:
+    """LLaVA conversations, kept in their own wording."""
+    with _naming(conversations):
+        return from_llava(read_llava(conversations, images), source)
+
+
+def scienceqa(problems: Path, source: str = "scienceqa", split: str | None = None) -> list[Instruction]:
+    """ScienceQA's `problems.json`: the problems with an image (of `split`, if given)."""
+    return from_scienceqa(_of_split(read_scienceqa(problems), split, problems), source)
+
+
+def _of_split(records: Iterable[T], split: str | None, path: Path) -> list[T]:
+    """The records of `split` (all when None); a split the file does not have is an error, so a
+    misspelt name does not write an empty file."""
+    records = list(records)
+    if split is None:
+        return records
+    kept = [record for record in records if record.split == split]  # type: ignore[attr-defined]
+    if not kept:
+        found = sorted({str(record.split) for record in records})  # type: ignore[attr-defined]
+        raise DataFormatError(f"{path}: no records of split {split!r} (the file has: {', '.join(found) or 'none'})")
+    return kept
+
+
+@contextmanager
+def _naming(*paths: Path):
+    """Converter errors (missing image names or sizes, malformed examples) as DataFormatErrors
+    that name the input files."""
+    try:
+        yield
+    except DataFormatError:
+        raise
+    except (MissingImagesError, ValueError) as error:
+        raise DataFormatError(f"{', '.join(str(path) for path in paths)}: {error}") from error
+
+
+# --- the command -------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lyrics.data.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = formats.add_parser(name, help=help, description=help)
+        sub.add_argument("--out", type=Path, required=True, help="JSONL file to write (replaced if it exists)")
+        sub.add_argument("--source", help="the examples' source name (default: the format's, e.g. coco)")
+        return sub
+
+    def images(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--images", type=Path, default=Path("."), help="folder the file names are under")
+
+    sub = command("coco-captions", "COCO captions, or a Karpathy dataset_coco.json")
+    sub.add_argument("--captions", type=Path, required=True, help="captions_*.json (or dataset_coco.json)")
+    images(sub)
+    sub.add_argument("--karpathy", action="store_true", help="--captions is a Karpathy dataset_coco.json")
+    sub.add_argument("--split", help="Karpathy split to keep: train, restval, val or test")
+
+    sub = command("vqa", "VQAv2-style questions and annotations (VQAv2, OK-VQA)")
+    sub.add_argument("--questions", type=Path, required=True, help="questions JSON")
+    sub.add_argument("--annotations", type=Path, required=True, help="annotations JSON")
+    sub.add_argument(
+        "--image-names", type=Path, required=True, help="COCO-style JSON whose `images` map ids to file names"
+    )
+    sub.add_argument("--text-vqa", action="store_true", help="text-reading templates (task text_vqa)")
+
+    sub = command("refcoco", "RefCOCO / RefCOCO+ / RefCOCOg")
+    sub.add_argument("--refs", type=Path, required=True, help="refs(<split_by>).json")
+    sub.add_argument("--instances", type=Path, required=True, help="COCO instances JSON (boxes, image sizes)")
+    sub.add_argument("--split", help="refs split to keep: train, val, testA, ...")
+
+    sub = command("llava", "LLaVA conversations")
+    sub.add_argument("--conversations", type=Path, required=True, help="LLaVA JSON list of conversations")
+    images(sub)
+
+    sub = command("scienceqa", "ScienceQA problems with an image, as multiple choice")
+    sub.add_argument("--problems", type=Path, required=True, help="problems.json")
+    sub.add_argument("--split", help="split to keep: train, val, test, minitrain, ...")
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> list[Instruction]:
+    source = {} if args.source is None else {"source": args.source}
+    if args.format == "coco-captions":
+        return coco_captions(args.captions, args.images, karpathy=args.karpathy, split=args.split, **source)
+    if args.format == "vqa":
+        return vqa(args.questions, args.annotations, args.image_names, text_vqa=args.text_vqa, **source)
+    if args.format == "refcoco":
+        return refcoco(args.refs, args.instances, split=args.split, **source)
+    if args.format == "llava":
+        return llava(args.conversations, args.images, **source)
+    return scienceqa(args.problems, split=args.split, **source)
+
+
+def _repeated_ids(examples: Sequence[Instruction]) -> list[str]:
+    return [name for name, count in Counter(example.id for example in examples).items() if count > 1]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.format == "coco-captions" and args.split is not None and not args.karpathy:
+        parser.error("--split selects a Karpathy split; it needs --karpathy")
+    try:
+        examples = _convert(args)
+    except (DataFormatError, MissingImagesError) as error:
+        sys.exit(f"error: {error}")
+    repeated = _repeated_ids(examples)
+    if repeated:
+        where = getattr(args, _MAIN_INPUT[args.format])
+        sys.exit(f"error: {where}: examples would repeat ids (read_jsonl refuses that): {', '.join(repeated[:_LISTED])}")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        count = write_jsonl(args.out, examples)
+    except OSError as error:
+        sys.exit(f"error: {args.out}: cannot write the file ({error.strerror or error})")
+    tasks = ", ".join(f"{task} {n}" for task, n in Counter(example.task for example in examples).items())
+    print(f"{count} examples ({tasks or 'none'}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

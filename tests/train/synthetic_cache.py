@@ -1,0 +1,60 @@
+"""A synthetic cache with the tiny profile's real identity, and a pipelines file pointing at it, for the training tests.
+
+The rows are the store's synthetic rows and features, with spatial text made from their boxes and a
+``sample_key`` per row (``img<i>``), so stage-2 instructions can join them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lyrics.config import DEFAULT_CONFIG, REPO_ROOT
+from lyrics.extract.cache_location import cache_schema, default_cache_root, extraction_settings, fingerprints
+from lyrics.spatial_text import format_objects
+from lyrics.store import CacheIdentity, CacheWriter, StorageOptions
+from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
+
+ROWS = 12
+TOP_Q, MAX_OBJECTS = 8, 4
+
+
+def write_config(root: Path, edit=None) -> Path:
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["root"] = str(root)
+    raw["extraction"].update(max_objects=MAX_OBJECTS, storage={"top_q": TOP_Q})
+    raw["training"]["num_workers"] = 0
+    raw["training"]["pretrain"]["recipes"]["tiny"].update(
+        steps=4, global_batch=4, micro_batch=2, lr=3e-4, checkpoint_every=2, log_every=1, max_spatial_tokens=48
+    )
+    for component in raw["profiles"]["tiny"].values():
+        if isinstance(component, dict):  # architecture files stay the repository's
+            component["arch"] = str(REPO_ROOT / component["arch"])
+    if edit:
+        edit(raw)
+    path = root / f"pipelines-{len(list(root.glob('pipelines*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def write_cache(config, dataset: str = "sample") -> Path:
+    """A complete cache at the data set's default location with the tiny profile's identity."""
+    schema = cache_schema(config, "tiny")
+    storage = StorageOptions(top_q=config.extraction.storage.top_q)
+    identity = CacheIdentity(schema, storage, extraction_settings(config, "tiny"), fingerprints(config, "tiny"))
+    root = default_cache_root(config, dataset, "tiny")
+    writer = CacheWriter(root, identity)
+    rows = synthetic_rows(dataset, "00000", 0, ROWS, seed=0)
+    for row in rows:
+        row["spatial_text"] = format_objects(row["box_labels"], row["boxes"])
+        row["source"] = json.dumps({"sample_key": f"img{int(row['key'])}"})
+    rows[5]["caption"] = None  # a row without caption: left out of stage 1
+    tensors = synthetic_tensors(schema, ROWS, seed=1)
+    tensors["sam_mask"] = np.arange(MAX_OBJECTS)[None] < np.array([len(r["boxes"]) for r in rows])[:, None]
+    with writer.open_shard("00000", source="synthetic") as shard:
+        shard.add_batch(rows, tensors)
+    writer.finalize()
+    return root

