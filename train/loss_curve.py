@@ -54,7 +54,9 @@ def plot_losses(metrics_csvs: Sequence[Path], png: Path, title: str) -> Path:
         values = [losses[name][s] for s in steps]
         ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1)
         ax.plot(steps, smooth(values), color="tab:blue", linewidth=2)
-        ax.set_title(f"{name}  ({values[0]:.3g} -> {values[-1]:.3g})", fontsize=10)
+        tenth = max(1, len(values) // 10)  # noisy per-batch losses: compare the first and last tenths' means
+        first, last = sum(values[:tenth]) / tenth, sum(values[-tenth:]) / tenth
+        ax.set_title(f"{name}  (mean of first / last {tenth}: {first:.3g} -> {last:.3g})", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:

@@ -16,10 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from synthetic_cache import ROWS, write_cache, write_config
+from PIL import Image
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from lyrics.chat import Chat
 from lyrics.config import ConfigError, load_config
 from lyrics.data.instructions import Instruction, MissingImagesError, write_jsonl
+from lyrics.evaluate.assistant import Assistant
 from lyrics.model.factory import build_stage1_model
 from lyrics.model.llm import load_llm
 from lyrics.model.lvlm import load_lvlm
@@ -27,7 +30,8 @@ from lyrics.model.pretraining import save_stage1
 from lyrics.extract.checkpoints import component_spec
 from lyrics.packages import resolve_location
 from lyrics.train.finetune import FinetunePlan, prepare, train
-from lyrics.train.finetune_data import IGNORE
+from lyrics.train.cache_data import cache_expectation
+from lyrics.train.finetune_data import IGNORE, open_instruction_sets
 from lyrics.train.loss_curve import metrics_files, read_losses
 
 NEW_TOKENS = 6
@@ -213,3 +217,38 @@ def test_the_sample_encoder_puts_the_spatial_text_after_the_image_and_labels_the
     text = encoder.llm_tokenizer.decode(short.input_ids[0][~short.image_positions[0]])
     assert objects[0] in text and objects[1] not in text and len(short.input_ids[0]) < whole
     assert encoder.llm_tokenizer.decode(short.input_ids[0][short.labels[0] != IGNORE]) == f"{item['turns'][0][1]}<|im_end|>\n"
+
+
+def test_the_assistant_answers_batches_and_photos_and_the_chat_holds_a_conversation(setup, sample_dir, tmp_path):
+    """Generation for evaluation (batched = one by one; a photo = its refined row) and `lyrics.chat`'s commands."""
+    root, config = setup
+    plan = plan_for(config, root, "plain")
+    if not (plan.run_dir / "lyrics").exists():  # trained by the first test unless it runs alone
+        train(plan, prepare(plan), progress=False)
+    assistant = Assistant.load(config, plan.run_dir / "lyrics")
+    rows = [prepare_rows(config, root)[i] for i in (0, 5, 9)]
+    prompts = ["Describe the image.", "<Image>What is in it?", "Is it red?"]
+    batched = assistant.generate(rows, prompts, NEW_TOKENS)
+    assert batched == [assistant.generate([row], [prompt], NEW_TOKENS)[0] for row, prompt in zip(rows, prompts)]
+    photo = Image.open(sample_dir / "images" / "chelsea.jpg").convert("RGB")
+    refined = assistant.refine(photo)
+    assert assistant.generate([photo], ["What animal is this?"], NEW_TOKENS) == assistant.generate(
+        [refined.row(config.extraction.storage.top_q)], ["What animal is this?"], NEW_TOKENS
+    )
+
+    chat = Chat(assistant, photo, "chelsea", NEW_TOKENS)
+    assert chat.handle("/tags") == chat.tags() and all(tag in chat.tags() for tag in refined.tags)
+    assert len(chat.handle("/boxes").splitlines()) == max(1, len(refined.box_labels))
+    first = chat.handle("What animal is this?")
+    chat.handle("And its color?")
+    assert [h for h, _ in chat.history] == ["<Image>What animal is this?", "And its color?"] and chat.history[0][1] == first
+    assert chat.handle("/draw " + str(tmp_path / "chat.png")).startswith("wrote") and (tmp_path / "chat.png").stat().st_size > 0
+    assert chat.handle("/nope").startswith("unknown command /nope")
+    assert chat.handle("/reset") == "(conversation cleared)" and chat.history == []
+    assert chat.handle("/quit") is None and chat.handle("") is None
+
+
+def prepare_rows(config, root: Path) -> list[dict]:
+    """Cache rows as the assistant takes them (features and spatial text)."""
+    dataset = open_instruction_sets(config, "tiny", ["synthetic"], cache_expectation(config, "tiny"))
+    return [dataset[2 * i] for i in range(ROWS)]
