@@ -4,6 +4,8 @@ annotation format into stage 2's one instruction format (JSONL, data/instruction
     coco-captions --captions captions_train2014.json
     coco-captions --captions dataset_coco.json --karpathy --split train
     vqa           --questions Q.json --annotations A.json --image-names captions_train2014.json [--text-vqa]
+    gqa           --questions testdev_balanced_questions.json
+    textvqa       --questions TextVQA_0.5.1_train.json
     refcoco       --refs 'refs(unc).json' --instances instances.json [--split train]
     llava         --conversations llava_instruct_150k.json
     scienceqa     --problems problems.json [--split train]
@@ -24,8 +26,10 @@ from pydantic import BaseModel
 
 from lyrics.data.coco import read_coco_captions, read_karpathy_split
 from lyrics.data.errors import DataFormatError
+from lyrics.data.gqa import read_gqa
 from lyrics.data.instruction_templates import TEXT_VQA, VQA
 from lyrics.data.instructions import (
+    AnsweredQuestion,
     Instruction,
     MissingImagesError,
     from_coco_captions,
@@ -39,13 +43,17 @@ from lyrics.data.instructions import (
 from lyrics.data.jsonfile import read_json
 from lyrics.data.llava import read_llava
 from lyrics.data.refcoco import read_refcoco
+from lyrics.data.textvqa import read_textvqa
 from lyrics.data.vqa import read_vqa
 
 T = TypeVar("T")
+Q = TypeVar("Q", bound=AnsweredQuestion)
 _LISTED = 10  # repeated ids named in an error
 _MAIN_INPUT = {  # the argument naming the file the examples' ids come from
     "coco-captions": "captions",
     "vqa": "questions",
+    "gqa": "questions",
+    "textvqa": "questions",
     "refcoco": "refs",
     "llava": "conversations",
     "scienceqa": "problems",
@@ -97,6 +105,35 @@ def vqa(
     task = TEXT_VQA if text_vqa else VQA
     with _naming(questions, image_names):
         return from_vqa(records, keys, source or ("textvqa" if text_vqa else "vqav2"), task)
+
+
+def gqa(questions: Path, source: str = "gqa") -> list[Instruction]:
+    """A GQA questions file: one VQA example per question, its one answer the target. The
+    `imageId`s are the join keys, so no file of image names is needed."""
+    records = _answered(read_gqa(questions), questions)
+    with _naming(questions):
+        return from_vqa(records, source=source)
+
+
+def textvqa(questions: Path, source: str = "textvqa") -> list[Instruction]:
+    """A TextVQA file (train or val): one text-reading example per question, answered by the
+    majority of its ten answers. The `image_id`s are the join keys."""
+    records = _answered(read_textvqa(questions), questions)
+    with _naming(questions):
+        return from_vqa(records, source=source, task=TEXT_VQA)
+
+
+def _answered(records: list[Q], path: Path) -> list[Q]:
+    """Refuse a file whose questions lack answers (GQA's and TextVQA's test splits are released
+    without them) instead of writing examples with no target or silently dropping some."""
+    unanswered = [str(record.question_id) for record in records if not record.answers]
+    if unanswered:
+        listed = ", ".join(unanswered[:_LISTED]) + (" ..." if len(unanswered) > _LISTED else "")
+        raise DataFormatError(
+            f"{path}: {len(unanswered)} of {len(records)} questions have no answers ({listed}); "
+            "a test split is released without them and cannot become training examples"
+        )
+    return records
 
 
 def refcoco(refs: Path, instances: Path, source: str = "refcoco", split: str | None = None) -> list[Instruction]:
@@ -179,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--text-vqa", action="store_true", help="text-reading templates (task text_vqa)")
 
+    sub = command("gqa", "GQA questions (one answer each, images named by imageId)")
+    sub.add_argument("--questions", type=Path, required=True, help="{split}_balanced_questions.json")
+
+    sub = command("textvqa", "TextVQA questions (majority of ten answers, text-reading templates)")
+    sub.add_argument("--questions", type=Path, required=True, help="TextVQA_0.5.1_{train,val}.json")
+
     sub = command("refcoco", "RefCOCO / RefCOCO+ / RefCOCOg")
     sub.add_argument("--refs", type=Path, required=True, help="refs(<split_by>).json")
     sub.add_argument("--instances", type=Path, required=True, help="COCO instances JSON (boxes, image sizes)")
@@ -200,6 +243,10 @@ def _convert(args: argparse.Namespace) -> list[Instruction]:
         return coco_captions(args.captions, args.images, karpathy=args.karpathy, split=args.split, **source)
     if args.format == "vqa":
         return vqa(args.questions, args.annotations, args.image_names, text_vqa=args.text_vqa, **source)
+    if args.format == "gqa":
+        return gqa(args.questions, **source)
+    if args.format == "textvqa":
+        return textvqa(args.questions, **source)
     if args.format == "refcoco":
         return refcoco(args.refs, args.instances, split=args.split, **source)
     if args.format == "llava":

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -41,7 +41,6 @@ from lyrics.data.instruction_templates import (
 from lyrics.data.jsonfile import read_json
 from lyrics.data.llava import IMAGE_PLACEHOLDER, Conversation
 from lyrics.data.refcoco import ReferringExpression
-from lyrics.data.vqa import VqaQuestion
 from lyrics.spatial_text import format_box
 
 CONVERSATION = "conversation"  # LLaVA-style data, kept in its own wording (no template)
@@ -180,15 +179,40 @@ def from_coco_captions(images: Iterable[CaptionedImage], source: str = "coco") -
     ]
 
 
+class AnsweredQuestion(Protocol):
+    """What `from_vqa` reads of a question. VqaQuestion (VQAv2, OK-VQA), GqaQuestion and
+    TextVqaQuestion all have it, so the one converter serves their three file layouts."""
+
+    @property
+    def question_id(self) -> int | str: ...
+
+    @property
+    def image_id(self) -> int | str: ...
+
+    @property
+    def question(self) -> str: ...
+
+    @property
+    def answers(self) -> Sequence[str]: ...
+
+
 def from_vqa(
-    questions: Sequence[VqaQuestion], image_keys: Mapping[int, str], source: str = "vqav2", task: str = VQA
+    questions: Sequence[AnsweredQuestion],
+    image_keys: Mapping[int, str] | None = None,
+    source: str = "vqav2",
+    task: str = VQA,
 ) -> list[Instruction]:
-    """One example per question, answered by `majority_answer`. VQAv2, OK-VQA, GQA and TextVQA
-    share the VQAv2 layout; `task` is VQA or TEXT_VQA (the text-reading templates). The files give
-    only image ids, so `image_keys` maps them to join keys (e.g. from the COCO captions file)."""
+    """One example per question, answered by `majority_answer`; `task` is VQA or TEXT_VQA (the
+    text-reading templates). VQAv2 and OK-VQA give only COCO image ids, so `image_keys` maps them
+    to join keys (e.g. from the COCO captions file). GQA and TextVQA (data/gqa.py, data/textvqa.py)
+    have layouts of their own but name each image file by its id, so there the id, a string, is the
+    join key and `image_keys` is left out."""
     if task not in (VQA, TEXT_VQA):
         raise ValueError(f"task must be {VQA!r} or {TEXT_VQA!r}, not {task!r}")
-    _require((question.image_id for question in questions), image_keys, "have no image name")
+    keys: Mapping[Any, str] = image_keys if image_keys is not None else {
+        question.image_id: question.image_id for question in questions if isinstance(question.image_id, str)
+    }  # without `image_keys` a numeric id is no file name: it stays missing and is named here
+    _require((question.image_id for question in questions), keys, "have no image name")
     unanswered = [str(question.question_id) for question in questions if not question.answers]
     if unanswered:
         raise ValueError(f"questions without answers: {', '.join(unanswered[:_LISTED_MISSING])}")
@@ -196,7 +220,7 @@ def from_vqa(
         _single(
             f"{source}/{task}/{question.question_id}",
             task,
-            image_keys[question.image_id],
+            keys[question.image_id],
             source,
             majority_answer(question.answers),
             question=question.question,
