@@ -113,17 +113,7 @@ def stream_batches(dataset: ConcatDataset, seed: int, batch: int, count: int) ->
 
 
 def print_tables(r: dict[str, Any]) -> None:
-    cache, online, m = r["runs"]["cache"], r["runs"]["online"], r["machine"]
-    print(f"\nstage-2 steps, profile {r['profile']}, stage 1 {r['stage1']}, batch {r['batch']}, {r['steps']} timed steps after 1 warm-up, "
-          f"{m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), DataLoader workers {r['workers']}")  # fmt: skip
-    print(f"{'path':<36}{'steps/s':>9}{'s/step':>9}{'vs online':>11}")
-    for label, run in (("from the cache", cache), ("online (frozen models every batch)", online)):
-        print(f"{label:<36}{run['steps_per_s']:>9.3f}{1 / run['steps_per_s']:>9.3f}{run['steps_per_s'] / online['steps_per_s']:>11.2f}")
-    print("\nonline step, seconds per step (share)")
-    for name, s in [*online["s_per_step"].items(), ("all but the train step", online["frozen_s_per_step"])]:
-        print(f"  {name:<24}{s:>9.3f}{s * online['steps_per_s']:>8.0%}")
-    print("cache step, seconds per step: " + ", ".join(f"{name} {s:.3f}" for name, s in cache["s_per_step"].items()) +
-          f"\nloss after the last step: cache {cache['last_loss']:.4f}, online {online['last_loss']:.4f} (same init, examples and seeds)")  # fmt: skip
+    bench_train.print_speed(r, f"stage-2 steps, profile {r['profile']}, stage 1 {r['stage1']}", "examples")
     a = r["first_batch_agreement"]
     print(f"online vs cached features, first batch: max |diff| vit {a['vit_tokens_max_abs_diff']}, refiner (gdino + sam) "
           f"{a['refiner_tokens_max_abs_diff']}; same MQ-Former spatial ids in {a['rows_with_same_spatial_ids']}/{r['batch']} rows, "

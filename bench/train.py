@@ -179,8 +179,16 @@ def load(args: argparse.Namespace, config: PipelinesConfig, work: Path, device: 
 
 
 def print_tables(r: dict[str, Any]) -> None:
+    print_speed(r, f"stage-1 steps, profile {r['profile']}", "rows")
+    a = r["first_batch_agreement"]
+    print(f"online vs cached features, first batch: max |diff| vit {a['vit_tokens_max_abs_diff']}, refiner (gdino + sam) "
+          f"{a['refiner_tokens_max_abs_diff']}; same text ids in {a['rows_with_same_text']}/{r['batch']} rows")  # fmt: skip
+
+
+def print_speed(r: dict[str, Any], title: str, items: str) -> None:
+    """The cache-vs-online table, the online step's phases and both last losses (shared with bench/finetune.py)."""
     cache, online, m = r["runs"]["cache"], r["runs"]["online"], r["machine"]
-    print(f"\nstage-1 steps, profile {r['profile']}, batch {r['batch']}, {r['steps']} timed steps after 1 warm-up, "
+    print(f"\n{title}, batch {r['batch']}, {r['steps']} timed steps after 1 warm-up, "
           f"{m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), DataLoader workers {r['workers']}")  # fmt: skip
     print(f"{'path':<36}{'steps/s':>9}{'s/step':>9}{'vs online':>11}")
     for label, run in (("from the cache", cache), ("online (frozen models every batch)", online)):
@@ -189,10 +197,7 @@ def print_tables(r: dict[str, Any]) -> None:
     for name, s in [*online["s_per_step"].items(), ("all but the train step", online["frozen_s_per_step"])]:
         print(f"  {name:<24}{s:>9.3f}{s * online['steps_per_s']:>8.0%}")
     print("cache step, seconds per step: " + ", ".join(f"{name} {s:.3f}" for name, s in cache["s_per_step"].items()) +
-          f"\nloss after the last step: cache {cache['last_loss']:.4f}, online {online['last_loss']:.4f} (same init, rows and seeds)")  # fmt: skip
-    a = r["first_batch_agreement"]
-    print(f"online vs cached features, first batch: max |diff| vit {a['vit_tokens_max_abs_diff']}, refiner (gdino + sam) "
-          f"{a['refiner_tokens_max_abs_diff']}; same text ids in {a['rows_with_same_text']}/{r['batch']} rows")  # fmt: skip
+          f"\nloss after the last step: cache {cache['last_loss']:.4f}, online {online['last_loss']:.4f} (same init, {items} and seeds)")  # fmt: skip
 
 
 def main() -> None:
