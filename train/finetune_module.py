@@ -7,6 +7,8 @@ checkpoint. Loading is therefore not strict about the frozen weights.
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 
@@ -14,6 +16,11 @@ from lyrics.config import RecipeConfig
 from lyrics.model.lvlm import LyricsLVLM
 from lyrics.train.finetune_data import FinetuneBatch
 from lyrics.train.runs import adamw_cosine, seed_step
+
+
+# The frozen LLM stays in eval mode on purpose (a frozen model has no use for dropout); LoRA's own
+# dropout modules are in training mode. Lightning warns about any module in eval mode.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class FinetuneModule(L.LightningModule):
