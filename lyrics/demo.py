@@ -6,19 +6,32 @@ Each step prints what it wrote; the run ends with the paths of the results and p
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 
 from lyrics.config import load_config
 from lyrics.data.sample.build import build_sample, is_complete
 from lyrics.data.sample.draw import draw_annotations
+from lyrics.train.runs import RunSettingsChanged
 
 # Phases of the design card that this checkout does not implement yet (no fake steps).
 NOT_BUILT = {
     "eval": "make eval BENCH=... (REC, captioning, VQA, POPE, MME)",
 }
+T = TypeVar("T")
 CHAT_PHOTO = "chelsea"  # a sample photo the fine-tuned model is asked about, refined online
 CHAT_QUESTIONS = ("What animal is in the picture?", "Describe the image briefly.")
+
+
+def prepare_or_restart(prepare: Callable[..., T], plan: object) -> T:
+    """A demo run resumes; one left by a demo with other settings (an updated checkout) starts over."""
+    try:
+        return prepare(plan)
+    except RunSettingsChanged as error:
+        print(f"{error}\nthe demo starts this run over")
+        return prepare(plan, restart=True)
 
 
 def main() -> None:
@@ -50,7 +63,7 @@ def main() -> None:
     from lyrics.train.pretrain import PretrainPlan, prepare, train
 
     plan = PretrainPlan.make(config)
-    stage1 = train(plan, prepare(plan))
+    stage1 = train(plan, prepare_or_restart(prepare, plan))
     print(f"stage 1: {stage1}")
 
     print(f"\n== phase 2b: fine-tune projection + LoRA (and the MQ-Former) from the cache (profile {config.training.profile})")
@@ -59,7 +72,7 @@ def main() -> None:
     from lyrics.train import finetune
 
     tuning = finetune.FinetunePlan.make(config)
-    result = finetune.train(tuning, finetune.prepare(tuning))
+    result = finetune.train(tuning, prepare_or_restart(finetune.prepare, tuning))
     print(f"stage 2: {result}")
 
     print(f"\n== chat about {CHAT_PHOTO}.jpg (the frozen models run online; `make chat IMAGE=...` to ask your own)")

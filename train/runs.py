@@ -26,6 +26,10 @@ RUN_SETTINGS = "run.json"
 LAST = "last.ckpt"
 
 
+class RunSettingsChanged(ConfigError):
+    """A run folder exists whose run.json differs from the settings asked for now."""
+
+
 def devices(config: PipelinesConfig) -> int:
     """Processes: every GPU (or ``training.devices`` of them); on CPU one, or ``training.devices`` gloo processes."""
     wanted = config.training.devices
@@ -53,7 +57,7 @@ def start_run(run_dir: Path, identity: dict, restart: bool) -> Path | None:
         return None
     changes = differences(json.loads(saved.read_text()), json.loads(json.dumps(identity)))
     if changes:
-        raise ConfigError(
+        raise RunSettingsChanged(
             f"{saved}: this run was started with other settings ({'; '.join(changes)}); "
             "pass --restart to start it over, or --run for a new folder"
         )
