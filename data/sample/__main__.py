@@ -25,7 +25,8 @@ def main() -> None:
     print(
         f"{index.images} images, {index.captions} captions, {index.objects} objects, "
         f"{index.refs} referring expressions, {index.questions} questions, "
-        f"{index.instructions} instruction examples -> {out}"
+        f"{index.instructions} instruction examples, {index.pope} POPE and {index.mme} MME questions, "
+        f"{index.scienceqa} ScienceQA problems -> {out}"
     )
 
 

@@ -1,5 +1,6 @@
 """Build the sample data set folder: the annotated photos written in every public format the
-pipeline reads, the stage-2 instruction files made from those, plus the fuzz set. The build is deterministic (two builds are byte-identical)
+pipeline reads, the stage-2 instruction files made from those, the POPE, MME and ScienceQA
+evaluation files (`eval/`), plus the fuzz set. The build is deterministic (two builds are byte-identical)
 and atomic: it is written into a temporary sibling folder that is renamed into place once
 complete, with a `.complete` marker inside."""
 
@@ -36,6 +37,9 @@ class SampleIndex:
     refs: int
     questions: int
     instructions: int
+    pope: int  # questions over POPE's three settings
+    mme: int  # questions
+    scienceqa: int  # problems
     files: dict[str, str]
 
 
@@ -95,6 +99,14 @@ def _write_all(root: Path, annotations: SampleAnnotations, photos: dict[str, Ima
     })
     _write(root / "llava", {"conversations.json": json_bytes(documents.llava_conversations(annotations))})
     instructions = _write_instructions(root, sizes)
+    pope = documents.pope_questions(annotations)
+    mme = documents.mme_questions(annotations)
+    scienceqa = documents.scienceqa_problems(annotations)
+    _write(root / "eval", {"pope.json": json_bytes(pope), "mme.json": json_bytes(mme)})
+    _write(root / "eval" / "scienceqa", {
+        "problems.json": json_bytes(scienceqa),
+        "images.json": json_bytes(documents.scienceqa_images(annotations)),
+    })
     write_fuzz(root / "fuzz")
     index = SampleIndex(
         images=len(images),
@@ -103,6 +115,9 @@ def _write_all(root: Path, annotations: SampleAnnotations, photos: dict[str, Ima
         refs=sum(len(item.refs) for image in images for item in image.objects),
         questions=sum(len(image.qa) for image in images),
         instructions=instructions,
+        pope=sum(len(records) for records in pope.values()),
+        mme=len(mme),
+        scienceqa=len(scienceqa),
         files={
             path.relative_to(root).as_posix(): sha256_hex(path.read_bytes())
             for path in sorted(root.rglob("*"))

@@ -1,10 +1,14 @@
 """The sample's annotations rendered in each public format (COCO captions, Karpathy split,
-RefCOCO, VQAv2, LLaVA) as JSON-ready documents. Ids follow the YAML's order: image ids 1..N,
-annotation ids 1..M over all objects, VQAv2-style question ids image_id * 1000 + n."""
+RefCOCO, VQAv2, LLaVA, and the POPE, MME and ScienceQA evaluation files) as JSON-ready documents.
+Ids follow the YAML's order: image ids 1..N, annotation ids 1..M over all objects, VQAv2-style
+question ids image_id * 1000 + n. Where a format wants a random choice, a hash of a fixed salt and
+the item decides, so that a rebuild is byte-identical on every Python version."""
 
+import hashlib
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 
 from lyrics.data.boxes import xyxy_to_xywh
 from lyrics.data.sample.annotations import QuestionAnswer, SampleAnnotations, SampleImage, SampleObject
@@ -22,6 +26,15 @@ _QUESTION_TYPES = (
     "why", "which",
 )
 _OTHER_QUESTION_TYPE = "none of the above"
+
+POPE_SETTINGS = ("random", "popular", "adversarial")
+POPE_TEMPLATE = "Is there a {} in the image?"  # POPE's own, "a" before every name included
+MME_SUFFIX = " Please answer yes or no."
+SCIENCEQA_IMAGE = "image.png"  # ScienceQA's one file name, under <split>/<pid>/
+SCIENCEQA_SPLIT = "test"
+SCIENCEQA_DISTRACTORS = 3
+_YES_NO = ("yes", "no")
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 Size = tuple[int, int]
 
@@ -183,6 +196,117 @@ def llava_conversations(annotations: SampleAnnotations) -> list[dict]:
     return conversations
 
 
+def pope_questions(annotations: SampleAnnotations) -> dict[str, list[dict]]:
+    """POPE's three settings, each a list of its JSONL records. POPE samples 500 COCO val images;
+    the sample is too small for a split, so every image is asked. Per image each distinct
+    annotated label is asked with label "yes", alternating with as many absent labels with "no":
+    `random` draws them (by hash) from the other images' labels, `popular` takes the labels on the
+    most images, `adversarial` those on the most images together with this image's labels (only
+    labels that do co-occur). When there are fewer absent labels than present ones, only as many
+    present ones are asked, so that every image stays balanced. Labels the image lists as
+    `unboxed` are never asked as absent."""
+    labels = {image.key: _labels(image) for image in annotations.images}
+    images_with = Counter(label for present in labels.values() for label in present)
+    settings: dict[str, list[dict]] = {setting: [] for setting in POPE_SETTINGS}
+    for image in annotations.images:
+        present = labels[image.key]
+        absent = _absent_labels(image, images_with)
+        together: Counter[str] = Counter()  # label -> this image's labels on the images it is on
+        for other in annotations.images:
+            if other.key != image.key:
+                shared = len(set(present) & set(labels[other.key]))
+                together.update({label: shared for label in labels[other.key]})
+        ranked = {
+            "random": _hash_order(f"pope-random:{image.key}", absent),
+            "popular": sorted(absent, key=lambda label: (-images_with[label], label)),
+            "adversarial": sorted(
+                (label for label in absent if together[label]), key=lambda label: (-together[label], label)
+            ),
+        }
+        for setting, negatives in ranked.items():
+            for positive, negative in zip(present, negatives):
+                for label, answer in ((positive, "yes"), (negative, "no")):
+                    records = settings[setting]
+                    records.append(
+                        {
+                            "question_id": len(records) + 1,
+                            "image": file_name(image),
+                            "text": POPE_TEMPLATE.format(label),
+                            "label": answer,
+                        }
+                    )
+    return settings
+
+
+def mme_questions(annotations: SampleAnnotations) -> list[dict]:
+    """MME-style records: per subtask and image one question answered "Yes" and one "No", the pair
+    MME scores together. `existence` asks the first annotated label and an absent one (by hash);
+    `count` asks the label with the most boxes (not `unboxed`, not a plural name such as "trees"
+    whose one box holds many) at its box count and at one more. MME's `position` and `color` are
+    left out: the annotations hold no relations between objects, and a "No" colour cannot be
+    chosen safely (a tabby cat's green eyes have black pupils)."""
+    images_with = Counter(label for image in annotations.images for label in _labels(image))
+    records = []
+    for image in annotations.images:
+        absent = _hash_order(f"mme-existence:{image.key}", _absent_labels(image, images_with))
+        if image.objects and absent:
+            records += _mme_pair("existence", image, _there_is(image.objects[0].label), _there_is(absent[0]))
+    for image in annotations.images:
+        boxes = Counter(item.label for item in image.objects)
+        countable = [label for label in boxes if label not in image.unboxed and not _is_plural(label)]
+        if countable:
+            label = max(countable, key=boxes.__getitem__)  # the first of the most boxed
+            count = boxes[label]
+            records += _mme_pair("count", image, _there_are(count, label), _there_are(count + 1, label))
+    return records
+
+
+def scienceqa_problems(annotations: SampleAnnotations) -> dict[str, dict]:
+    """The VQA questions as ScienceQA's `problems.json` (problem id -> problem). Choices are the
+    majority answer and up to three other questions' majority answers of the same answer type
+    that none of this question's annotators gave ("yes", "no" for yes/no questions), the majority
+    answer's place chosen by a hash of the problem id. Every problem is in split "test", the one
+    ScienceQA is evaluated on; a question with no possible distractor is left out (ScienceQA needs
+    two choices)."""
+    return {pid: problem for pid, _, problem in _scienceqa(annotations)}
+
+
+def scienceqa_images(annotations: SampleAnnotations) -> dict[str, str]:
+    """Problem id -> image key. ScienceQA stores each image as <split>/<pid>/image.png and joins on
+    the problem id; the sample's images are `images/<key>.jpg`, so this side file says which one a
+    problem shows instead of copying photos or adding a field to ScienceQA's layout."""
+    return {pid: key for pid, key, _ in _scienceqa(annotations)}
+
+
+def _scienceqa(annotations: SampleAnnotations) -> Iterator[tuple[str, str, dict]]:
+    majorities: dict[str, dict[str, None]] = {}  # answer type -> majority answers, in YAML order
+    for image in annotations.images:
+        for qa in image.qa:
+            majorities.setdefault(qa.answer_type, {})[qa.multiple_choice_answer] = None
+    for image in annotations.images:
+        for n, qa in enumerate(image.qa):
+            pid = f"{image.key}-{n}"
+            correct = qa.multiple_choice_answer
+            if qa.answer_type == "yes/no" and correct in _YES_NO:
+                choices = list(_YES_NO)
+            else:
+                pool = [answer for answer in majorities[qa.answer_type] if answer not in qa.answers]
+                distractors = _hash_order(f"scienceqa:{pid}", pool)[:SCIENCEQA_DISTRACTORS]
+                if not distractors:
+                    continue
+                place = _hash_rank(f"scienceqa-answer:{pid}", correct) % (len(distractors) + 1)
+                choices = [*distractors[:place], correct, *distractors[place:]]
+            problem = {
+                "question": qa.question,
+                "choices": choices,
+                "answer": choices.index(correct),
+                "hint": "",
+                "image": SCIENCEQA_IMAGE,
+                "split": SCIENCEQA_SPLIT,
+            }
+            yield pid, image.key, problem
+
+
 def question_type(question: str) -> str:
     words = " ".join(tokenize(question))
     matches = [prefix for prefix in _QUESTION_TYPES if f"{words} ".startswith(f"{prefix} ")]
@@ -217,3 +341,58 @@ def _coco_images(annotations: SampleAnnotations, sizes: Mapping[str, Size]) -> l
         for image_id, image in _numbered(annotations.images)
         for width, height in [sizes[image.key]]
     ]
+
+
+def _labels(image: SampleImage) -> list[str]:
+    """The image's distinct object labels, in YAML order."""
+    return list(dict.fromkeys(item.label for item in image.objects))
+
+
+def _absent_labels(image: SampleImage, vocabulary: Iterable[str]) -> list[str]:
+    """Labels of the sample that `image` neither has boxed nor lists as `unboxed`, sorted."""
+    return sorted(set(vocabulary) - set(_labels(image)) - set(image.unboxed))
+
+
+def _hash_rank(salt: str, item: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}\0{item}".encode()).digest()[:8], "big")
+
+
+def _hash_order(salt: str, items: Iterable[str]) -> list[str]:
+    """`items` shuffled by hash: a fixed, seed-like order that no Python version changes."""
+    return sorted(items, key=lambda item: (_hash_rank(salt, item), item))
+
+
+def _mme_pair(subtask: str, image: SampleImage, yes: str, no: str) -> list[dict]:
+    return [
+        {"subtask": subtask, "image": file_name(image), "question": question + MME_SUFFIX, "answer": answer}
+        for question, answer in ((yes, "Yes"), (no, "No"))
+    ]
+
+
+def _there_is(label: str) -> str:
+    if _is_plural(label):
+        return f"Are there {label} in this image?"
+    article = "an" if label[0] in "aeiou" else "a"
+    return f"Is there {article} {label} in this image?"
+
+
+def _there_are(count: int, label: str) -> str:
+    number = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
+    if count == 1:
+        return f"Is there {number} {label} in this image?"
+    return f"Are there {number} {_plural(label)} in this image?"
+
+
+def _is_plural(label: str) -> bool:
+    """Whether a label names a group ("trees", "glasses"): an English plural ending in s."""
+    return label.endswith("s") and not label.endswith(("ss", "us", "is"))
+
+
+def _plural(label: str) -> str:
+    if label.endswith("man"):
+        return f"{label[:-3]}men"
+    if label.endswith(("s", "x", "ch", "sh")):
+        return f"{label}es"
+    if label.endswith("y") and label[-2:-1] not in tuple("aeiou"):
+        return f"{label[:-1]}ies"
+    return f"{label}s"
