@@ -21,7 +21,6 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,10 +59,7 @@ class InstructionDataset(Dataset):
     def __init__(self, examples: Sequence[Instruction], cache: CacheDataset) -> None:
         self.examples = list(examples)
         self.cache = cache
-        rows = cache.rows(["source"]).column("source").to_pylist()
-        first: dict[str, int] = {}
-        for index, source in enumerate(rows):
-            first.setdefault(image_key(json.loads(source)), index)
+        first = row_index(cache)
         require_images(self.examples, first, str(cache.root))
         self.rows = [first[example.image] for example in self.examples if example.image is not None]
 
@@ -74,6 +70,14 @@ class InstructionDataset(Dataset):
         item = dict(self.cache[self.rows[index]])
         item["turns"] = self.examples[index].turns
         return item
+
+
+def row_index(cache: CacheDataset) -> dict[str, int]:
+    """Image key -> the first cache row of that image (the join of instructions and benchmarks with the cache)."""
+    first: dict[str, int] = {}
+    for index, source in enumerate(cache.rows(["source"]).column("source").to_pylist()):
+        first.setdefault(image_key(json.loads(source)), index)
+    return first
 
 
 def open_instruction_sets(config: PipelinesConfig, profile: str, names: Sequence[str], expect: CacheExpectation) -> Dataset:
@@ -167,7 +171,3 @@ class SampleEncoder:
         for row, tokens in enumerate(rows):
             ids[row, : len(tokens)] = torch.tensor(tokens)
         return ImageFeatures(vit, refiner, mask, ids, torch.tensor([len(t) for t in rows]))
-
-
-def cache_root_of(config: PipelinesConfig, profile: str, name: str) -> Path:
-    return default_cache_root(config, config.instruction_set(name).images, profile)
