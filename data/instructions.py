@@ -318,12 +318,20 @@ def from_scienceqa(problems: Iterable[ScienceQuestion], source: str = "scienceqa
             problem.pid,
             source,
             OPTION_LETTERS[problem.answer],
-            question=f"{problem.hint} {problem.question}".strip(),
-            options=" ".join(f"({letter}) {choice}" for letter, choice in zip(OPTION_LETTERS, problem.choices)),
+            **scienceqa_fields(problem),
         )
         for problem in problems
         if problem.image is not None
     ]
+
+
+def scienceqa_fields(problem: ScienceQuestion) -> dict[str, str]:
+    """The multiple-choice template's fields of a problem: `question` (the hint, then the
+    question) and `options` ("(A) x (B) y"), shared by training (`from_scienceqa`) and evaluation."""
+    return {
+        "question": f"{problem.hint} {problem.question}".strip(),
+        "options": " ".join(f"({letter}) {choice}" for letter, choice in zip(OPTION_LETTERS, problem.choices)),
+    }
 
 
 def _single(example_id: str, task: str, image: str, source: str, answer: str, **fields: str) -> Instruction:

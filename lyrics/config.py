@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -168,15 +168,32 @@ class TrainingConfig(Strict):
     finetune: FinetuneConfig
 
 
+EvalTask = Literal["rec", "caption", "vqa", "exact_match", "multiple_choice", "pope", "mme"]
+TASKS: tuple[str, ...] = get_args(EvalTask)
+
+
+class BenchmarkConfig(Strict):
+    """A benchmark: its annotation files (per format, see evaluate/benchmarks.py) and the data set holding its images."""
+
+    task: EvalTask = Field(description="which metric scores it")
+    format: str = Field(description="how its files are read: refcoco, karpathy, vqa, gqa, textvqa, scienceqa, pope, mme")
+    files: dict[str, str]
+    split: str | None = None
+    images: str = Field(description="a data set under datasets: whose cache holds the images (extracted first when missing)")
+    source: str = Field(description="where the files come from, shown when they are missing")
+
+
 class EvaluationConfig(Strict):
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(32, ge=1)
+    results: str = "{root}/results"
 
 
 class PipelinesConfig(Strict):
     root: str
     datasets: dict[str, DatasetConfig]
     instructions: dict[str, InstructionSet] = {}
+    benchmarks: dict[str, BenchmarkConfig] = {}
     profiles: dict[str, ProfileConfig]
     extraction: ExtractionConfig
     training: TrainingConfig
@@ -198,6 +215,9 @@ class PipelinesConfig(Strict):
         for name, item in self.instructions.items():
             if item.images not in self.datasets:
                 raise ValueError(f"instructions.{name}.images: {item.images!r} is not a registered data set ({sorted(self.datasets)})")
+        for name, bench in self.benchmarks.items():
+            if bench.images not in self.datasets:
+                raise ValueError(f"benchmarks.{name}.images: {bench.images!r} is not a registered data set ({sorted(self.datasets)})")
         for stage in ("pretrain", "finetune"):
             missing = set(self.profiles) - set(getattr(self.training, stage).recipes)
             if missing:
@@ -218,6 +238,11 @@ class PipelinesConfig(Strict):
         if name not in self.instructions:
             raise ConfigError(f"{self.source}: instructions: no instruction set {name!r}; registered: {sorted(self.instructions)}")
         return self.instructions[name]
+
+    def benchmark(self, name: str) -> BenchmarkConfig:
+        if name not in self.benchmarks:
+            raise ConfigError(f"{self.source}: benchmarks: no benchmark {name!r}; registered: {sorted(self.benchmarks)}")
+        return self.benchmarks[name]
 
     def profile(self, name: str) -> ProfileConfig:
         if name not in self.profiles:

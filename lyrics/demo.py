@@ -18,7 +18,8 @@ from lyrics.train.runs import RunSettingsChanged
 
 # Phases of the design card that this checkout does not implement yet (no fake steps).
 NOT_BUILT = {
-    "eval": "make eval BENCH=... (REC, captioning, VQA, POPE, MME)",
+    "eval": "evaluation in the demo, the results table beside the paper's numbers, make ablation "
+    "(make eval BENCH=sample-rec, sample-caption, sample-vqa, sample-scienceqa, sample-pope, sample-mme runs)",
 }
 T = TypeVar("T")
 CHAT_PHOTO = "chelsea"  # a sample photo the fine-tuned model is asked about, refined online

@@ -23,6 +23,7 @@ from lyrics.chat import Chat
 from lyrics.config import ConfigError, load_config
 from lyrics.data.instructions import Instruction, MissingImagesError, write_jsonl
 from lyrics.evaluate.assistant import Assistant
+from lyrics.evaluate.run import EvalPlan, evaluate
 from lyrics.model.factory import build_stage1_model
 from lyrics.model.llm import load_llm
 from lyrics.model.lvlm import load_lvlm
@@ -252,3 +253,37 @@ def prepare_rows(config, root: Path) -> list[dict]:
     """Cache rows as the assistant takes them (features and spatial text)."""
     dataset = open_instruction_sets(config, "tiny", ["synthetic"], cache_expectation(config, "tiny"))
     return [dataset[2 * i] for i in range(ROWS)]
+
+
+def test_an_evaluation_scores_resumes_after_a_kill_and_refuses_missing_files(setup):
+    """`make eval` on an MME-style benchmark of the synthetic cache's images (the runner's path is the same for every task)."""
+    root, config = setup
+    plan = plan_for(config, root, "plain")
+    if not (plan.run_dir / "lyrics").exists():  # trained by the first test unless it runs alone
+        train(plan, prepare(plan), progress=False)
+    questions = [{"subtask": "existence", "image": f"img{i}.jpg", "question": q, "answer": a}
+                 for i in range(3) for q, a in (("Is there a tag?", "Yes"), ("Is there a cat?", "No"))]  # fmt: skip
+    (root / "mme.json").write_text(json.dumps(questions))
+
+    def with_bench(raw: dict) -> None:
+        edit(root, root / "llm")(raw)
+        raw["evaluation"].update(batch_size=4, max_new_tokens=4)
+        raw["benchmarks"] = {"synthetic-mme": {"task": "mme", "format": "mme", "images": "sample", "source": "the test",
+                                               "files": {"questions": str(root / "mme.json")}},
+                             "absent": {"task": "vqa", "format": "vqa", "images": "sample", "source": "https://visualqa.org",
+                                        "files": {"questions": str(root / "nowhere.json")}}}  # fmt: skip
+
+    bench_config = load_config(write_config(root, with_bench))
+    with pytest.raises(ConfigError, match=r"(?s)files not found:.*questions: .*nowhere\.json.*They come from: https://visualqa\.org"):
+        EvalPlan.make(bench_config, "absent", model=plan.run_dir / "lyrics")
+    with pytest.raises(ConfigError, match="no stage-2 result"):
+        EvalPlan.make(bench_config, "synthetic-mme", model=root / "missing")
+    evaluation = EvalPlan.make(bench_config, "synthetic-mme", model=plan.run_dir / "lyrics")
+    first = evaluate(evaluation, progress=False)
+    lines = (evaluation.out_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and first["items"] == 6 and set(first["metrics"]["subtasks"]) == {"existence"}
+    assert json.loads((evaluation.out_dir / "metrics.json").read_text()) == json.loads(json.dumps(first))
+    # A kill mid-write: two whole lines and half a third survive; the rerun completes to the same predictions.
+    (evaluation.out_dir / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
+    again = evaluate(evaluation, progress=False)
+    assert (evaluation.out_dir / "predictions.jsonl").read_text().splitlines() == lines and again == first
