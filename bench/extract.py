@@ -51,10 +51,9 @@ from typing import Any
 import torch
 
 from lyrics.config import ConfigError, PipelinesConfig, load_config
-from lyrics.data.webdataset import iter_shard
 from lyrics.extract.checkpoints import ComponentSpec
 from lyrics.extract.images import ImageRejected, decode_image
-from lyrics.extract.job import ExtractJob, run, shard_name
+from lyrics.extract.job import ExtractJob, InputShard, run
 from lyrics.extract.cache_location import STAGES
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 
@@ -144,8 +143,8 @@ def plan_job(config: PipelinesConfig, data: str, profile: str, cache_root: Path 
     return ExtractJob.plan(config, data, profile, cache_root)
 
 
-def read_samples(shards: tuple[Path, ...]) -> list[Sample]:
-    return [Sample(shard_name(shard), s.key, s.image_bytes) for shard in shards for s in iter_shard(shard)]
+def read_samples(shards: tuple[InputShard, ...]) -> list[Sample]:
+    return [Sample(shard.name, s.key, s.image_bytes) for shard in shards for s in shard.samples()]
 
 
 # --- loops 1 and 2 ------------------------------------------------------------------------------------

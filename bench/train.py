@@ -40,10 +40,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import ConcatDataset
 
 from lyrics.config import PipelinesConfig, PretrainRecipe, load_config
-from lyrics.data.webdataset import WebSample, iter_shard
+from lyrics.data.webdataset import WebSample
 from lyrics.extract.cache_location import STAGES, cache_schema, extraction_settings
 from lyrics.extract.images import decode_image
-from lyrics.extract.job import TENSOR_KEYS, DecodeStage, shard_name, store_rows
+from lyrics.extract.job import TENSOR_KEYS, DecodeStage, store_rows
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 from lyrics.model.factory import mqformer_config
 from lyrics.model.mqformer import MQFormer
@@ -141,7 +141,7 @@ def time_online(batches: list[list[WebSample]], models: FrozenModels, collate: P
 def stream_batches(config: PipelinesConfig, data: str, dataset: ConcatDataset, seed: int, batch: int, count: int) -> list[list[WebSample]]:
     """The loader's first ``count`` batches as shard samples: its indices -> (shard, key) of the rows of
     ``open_caches``' dataset (a Subset of a CacheDataset per cache) -> the sample, bytes read now."""
-    images = {(shard_name(shard), s.key): s for shard in bench_extract.plan_job(config, data, "tiny").shards for s in iter_shard(shard)}
+    images = {(shard.name, s.key): s for shard in bench_extract.plan_job(config, data, "tiny").shards for s in shard.samples()}
     tables = [(part.dataset.rows(["shard", "key"]).to_pylist(), part.indices) for part in dataset.datasets]
     keys = [(rows[i]["shard"], rows[i]["key"]) for rows, indices in tables for i in indices]
     rows = [images[keys[i]] for i in itertools.islice(SampleStream(len(dataset), seed, 0, 1), count * batch)]
@@ -152,9 +152,11 @@ def write_cache(root: Path, config: PipelinesConfig, data: str, models: FrozenMo
     """--paper-random: the job's chunks (``DecodeStage``) through the models in this process, written as the job's driver writes them."""
     storage = StorageOptions(config.extraction.storage.dtype, config.extraction.storage.top_q)
     writer = CacheWriter(root, CacheIdentity(cache_schema(config, "paper"), storage, extraction_settings(config, "paper"), {"bench": "random"}))
-    for shard in bench_extract.plan_job(config, data, "tiny").shards:
-        with writer.open_shard(shard_name(shard), str(shard)) as out:
-            for record in (item["record"] for item in DecodeStage(config, "paper", data)({"shard": str(shard)}) if item["record"]["rows"]):
+    shards = bench_extract.plan_job(config, data, "tiny").shards
+    decode = DecodeStage(config, "paper", data, shards)
+    for index, shard in enumerate(shards):
+        with writer.open_shard(shard.name, shard.source) as out:
+            for record in (item["record"] for item in decode({"shard": index}) if item["record"]["rows"]):
                 record = models.run(record)
                 out.add_batch(store_rows(data, record), {k: record[k] for k in TENSOR_KEYS})
     writer.finalize()

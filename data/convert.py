@@ -65,19 +65,10 @@ class _Image(BaseModel):
     file_name: str
 
 
-class _SizedImage(_Image):
-    width: int
-    height: int
-
-
 class _Images(BaseModel):
     """Any COCO-style file (captions, instances) read for its `images` list only."""
 
     images: list[_Image]
-
-
-class _SizedImages(BaseModel):
-    images: list[_SizedImage]
 
 
 # --- one function per format -------------------------------------------------------------------
@@ -140,10 +131,7 @@ def refcoco(refs: Path, instances: Path, source: str = "refcoco", split: str | N
     """RefCOCO / RefCOCO+ / RefCOCOg refs (as JSON) with the COCO instances file, whose images'
     width and height normalise the boxes; `split` keeps the refs of that split."""
     expressions = _of_split(read_refcoco(refs, instances), split, refs)
-    sizes = {
-        PurePosixPath(image.file_name).stem: (image.width, image.height)
-        for image in read_json(instances, _SizedImages).images
-    }
+    sizes = {PurePosixPath(item.file_name).stem: item.image_size for item in expressions if item.image_size is not None}
     with _naming(refs, instances):
         return from_refcoco(expressions, sizes, source)
 

@@ -239,8 +239,8 @@ def from_refcoco(
     expressions: Iterable[ReferringExpression], sizes: Mapping[str, Size], source: str = "refcoco"
 ) -> list[Instruction]:
     """Two examples per referring expression (one per sentence of a ref): REC (expression -> box)
-    and grounded captioning (box -> expression). `sizes` maps join keys to (width, height), e.g.
-    from the cache rows, because the refs reader does not keep the images' sizes."""
+    and grounded captioning (box -> expression). `sizes` maps join keys to (width, height): the
+    instances file's (`ReferringExpression.image_size`) or, where it lacks them, the cache rows'."""
     expressions = list(expressions)
     _require((PurePosixPath(item.file_name).stem for item in expressions), sizes, "have no image size")
     examples = []

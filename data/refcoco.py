@@ -1,5 +1,6 @@
 """RefCOCO / RefCOCO+ / RefCOCOg: `refs(<split_by>).json` joined with COCO `instances.json`, one
-record per referring sentence with its box in [x1, y1, x2, y2] pixels.
+record per referring sentence with its box in [x1, y1, x2, y2] pixels and its image's size, so
+that the large instances file is read once.
 
 Upstream ships the refs as a Python pickle (`refs(unc).p`). This project never unpickles files;
 the refs are read from the same list of dicts saved as JSON."""
@@ -28,6 +29,7 @@ class ReferringExpression:
     ann_id: int
     image_id: int
     file_name: str
+    image_size: tuple[int, int] | None  # (width, height) in pixels; None where instances.json omits them
     expression: str
     box_xyxy: Box
     category: str
@@ -50,6 +52,8 @@ class _Ref(BaseModel):
 class _Image(BaseModel):
     id: int
     file_name: str
+    width: int | None = None  # COCO always has them; hand-made files may not
+    height: int | None = None
 
 
 class _Annotation(BaseModel):
@@ -72,7 +76,7 @@ class _Instances(BaseModel):
 
 def read_refcoco(refs_path: Path, instances_path: Path) -> list[ReferringExpression]:
     """One record per (ref, sentence), in the refs file's order. `expression` is the normalised
-    `sent` (lower case, as the benchmarks score it); `file_name` is the COCO image's file name."""
+    `sent` (lower case, as the benchmarks score it); `file_name` and `image_size` are the COCO image's."""
     if Path(refs_path).suffix == ".p":
         raise DataFormatError(f"{refs_path}: is a pickle; {_CONVERSION_HINT}")
     refs = read_json(refs_path, list[_Ref])
@@ -99,6 +103,7 @@ def read_refcoco(refs_path: Path, instances_path: Path) -> list[ReferringExpress
                 ann_id=ref.ann_id,
                 image_id=ref.image_id,
                 file_name=images[ref.image_id].file_name,
+                image_size=_size(images[ref.image_id]),
                 expression=sentence.sent,
                 box_xyxy=xywh_to_xyxy(annotation.bbox),
                 category=categories[annotation.category_id],
@@ -107,3 +112,7 @@ def read_refcoco(refs_path: Path, instances_path: Path) -> list[ReferringExpress
             for sentence in ref.sentences
         )
     return records
+
+
+def _size(image: _Image) -> tuple[int, int] | None:
+    return None if image.width is None or image.height is None else (image.width, image.height)

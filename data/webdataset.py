@@ -20,7 +20,7 @@ _GLOB_CHARACTERS = frozenset("*?[")
 @dataclass(frozen=True)
 class WebSample:
     key: str
-    shard: str
+    shard: str  # the file the bytes came from: the tar, or the image itself (data/image_folder.py)
     image_bytes: bytes = field(repr=False)  # a repr of megabytes helps nobody
     caption: str | None
     meta: dict
@@ -41,6 +41,24 @@ def expand_shards(pattern: str | Path) -> list[Path]:
             raise DataFormatError(f"{pattern}: no shard matches {expanded}")
         shards.extend(Path(match) for match in matches)
     return list(dict.fromkeys(shards))
+
+
+@dataclass(frozen=True)
+class TarShard:
+    """One tar of a WebDataset as an input shard of the extract job (data/image_folder.py has the other kind)."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name.split(".")[0]  # "00042.tar" -> "00042": the cache shard it becomes
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def samples(self) -> Iterator[WebSample]:
+        return iter_shard(self.path)
 
 
 def iter_webdataset(pattern: str | Path) -> Iterator[WebSample]:

@@ -1,13 +1,16 @@
-"""`make eval BENCH=<name>`: a fine-tuned Lyrics on a registered benchmark, from the cache of its images.
+"""`make eval BENCH=<name>`: a fine-tuned Lyrics on registered benchmarks, from the cache of their images.
 
-    python -m lyrics.evaluate.run --bench sample-rec [--model DIR] [--split S] [--profile tiny] [--config FILE]
+    python -m lyrics.evaluate.run --bench refcoco [more ...] [--split testA] [--model DIR] [--meteor]
 
-Before any model is loaded: the benchmark's files exist (a missing one is named, with where the
-files come from), the stage-2 result exists, and every item's image is in the cache of the
-benchmark's data set, which the extract phase writes first when it is missing. Generation is
-greedy and batched (``evaluation.batch_size``), with a progress bar; every answer is appended to
-``predictions.jsonl`` as it comes, so a killed evaluation continues where it stopped. The metrics go
-to ``metrics.json`` beside it, in ``{results}/<benchmark>/<model run>/``.
+Before any model is loaded: each benchmark's files exist (a missing one is named, with where the
+files come from) and the stage-2 result exists; then every item's image must be in the cache of the
+benchmark's data set, which the extract phase writes first when it is missing. A benchmark is
+evaluated per split (``splits`` in pipelines.yaml; refcoco: val, testA, testB), each split a result
+of its own (``refcoco-testA``). Generation is greedy and batched (``evaluation.batch_size``), with a
+progress bar; every answer is appended to ``predictions.jsonl`` as it comes, so a killed evaluation
+continues where it stopped. In ``{results}/<result>/<model run>/``: predictions.jsonl, metrics.json
+(or, for a test-dev split without answers, only the server's submission.json) and, for REC, rec_grid.png.
+The table of every result of the model run beside the paper's numbers: ``{results}/table-<run>.md``.
 """
 
 from __future__ import annotations
@@ -18,22 +21,28 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from lyrics.config import BenchmarkConfig, ConfigError, PipelinesConfig, load_config
 from lyrics.data.errors import DataFormatError
 from lyrics.data.instructions import MissingImagesError
-from lyrics.evaluate.benchmarks import load_items
+from lyrics.evaluate.benchmarks import FORMATS, EvalItem, load_items
 from lyrics.extract.cache_location import default_cache_root
 from lyrics.store import CacheDataset, CacheMismatchError
 from lyrics.store.manifest import read_manifest
 from lyrics.train.cache_data import PRETRAIN_FIELDS, cache_expectation
 from lyrics.train.finetune_data import row_index
 
+if TYPE_CHECKING:
+    from lyrics.evaluate.assistant import Assistant
+
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+SUBMISSION = "submission.json"
+REC_GRID = "rec_grid.png"
+REC_GRID_PANELS = 16
 
 
 @dataclass
@@ -43,28 +52,38 @@ class EvalPlan:
     bench: BenchmarkConfig
     profile: str
     model: Path  # a stage-2 result folder
-    out_dir: Path
+    results: dict[str | None, str]  # split -> result name
 
     @classmethod
     def make(cls, config: PipelinesConfig, name: str, model: Path | None = None, profile: str | None = None, split: str | None = None) -> EvalPlan:
         """The checks that need no model: the benchmark, its files, the stage-2 result (raises ConfigError)."""
         bench = config.benchmark(name)
-        if split is not None:
-            bench = bench.model_copy(update={"split": split})
-        missing = [f"{key}: {path}" for key, path in benchmark_files(config, bench).items() if not path.is_file()]
+        if bench.format not in FORMATS:
+            raise ConfigError(f"{config.source}: benchmarks.{name}.format: {bench.format!r} is not one of {', '.join(FORMATS)}")
+        results = bench.result_names(name, split)
+        missing = [f"{key}: {path}" for s in results for key, path in benchmark_files(config, bench, s).items() if not path.exists()]
         if missing:
             raise ConfigError(f"benchmark {name!r}: files not found:\n  " + "\n  ".join(missing) + f"\n  They come from: {bench.source}")
         profile = profile or config.training.profile
-        model = model or config.path(config.training.runs) / f"finetune-{profile}" / "lyrics"
+        model = model or default_model(config, profile)
         if not (model / "config.json").is_file():
             raise ConfigError(f"{model}: no stage-2 result (run `make finetune` first, or pass --model DIR)")
-        run_name = model.resolve().parent.name
-        out = config.path(config.evaluation.results) / (f"{name}-{bench.split}" if split else name) / run_name
-        return cls(config, name, bench, profile, model, out)
+        return cls(config, name, bench, profile, model, results)
+
+    @property
+    def run_name(self) -> str:
+        return self.model.resolve().parent.name  # "finetune-tiny" for .../runs/finetune-tiny/lyrics
+
+    def out_dir(self, result: str) -> Path:
+        return self.config.path(self.config.evaluation.results) / result / self.run_name
 
 
-def benchmark_files(config: PipelinesConfig, bench: BenchmarkConfig) -> dict[str, Path]:
-    return {key: config.path(value) for key, value in bench.files.items()}
+def default_model(config: PipelinesConfig, profile: str) -> Path:
+    return config.path(config.training.runs) / f"finetune-{profile}" / "lyrics"
+
+
+def benchmark_files(config: PipelinesConfig, bench: BenchmarkConfig, split: str | None) -> dict[str, Path]:
+    return {key: config.path(value) for key, value in bench.split_files(split).items()}
 
 
 def ensure_cache(config: PipelinesConfig, dataset: str, profile: str, progress: bool = True) -> Path:
@@ -101,62 +120,124 @@ def read_predictions(path: Path) -> dict[str, str]:
     return done
 
 
-def evaluate(plan: EvalPlan, progress: bool = True) -> dict[str, Any]:
-    """Generate what is not predicted yet, then score; returns what metrics.json holds."""
-    from lyrics.evaluate.assistant import Assistant  # the LLM stack: imported once the checks have passed
-    from lyrics.evaluate.scoring import score
+class Generator:
+    """The stage-2 model, loaded on first use and shared by every benchmark of a run."""
 
+    def __init__(self, config: PipelinesConfig, model: Path, profile: str) -> None:
+        self.config, self.model, self.profile = config, model, profile
+        self._assistant: Assistant | None = None
+
+    def __call__(self, rows: list[dict[str, Any]], prompts: list[str]) -> list[str]:
+        if self._assistant is None:
+            from lyrics.evaluate.assistant import Assistant  # the LLM stack: imported once the checks have passed
+
+            self._assistant = Assistant.load(self.config, self.model, self.profile)
+        return self._assistant.generate(rows, prompts, self.config.evaluation.max_new_tokens)
+
+
+def evaluate(plan: EvalPlan, progress: bool = True, generator: Generator | None = None, meteor: bool = False) -> list[dict[str, Any]]:
+    """Every split of the plan: generate what is not predicted yet, then score; returns what each metrics.json holds."""
     config, bench = plan.config, plan.bench
-    items = load_items(bench.format, benchmark_files(config, bench), bench.split)
+    generator = generator or Generator(config, plan.model, plan.profile)
+    splits = {split: load_items(bench.format, benchmark_files(config, bench, split), split) for split in plan.results}
     cache = CacheDataset(ensure_cache(config, bench.images, plan.profile, progress), cache_expectation(config, plan.profile), fields=PRETRAIN_FIELDS)
     rows = row_index(cache)
-    absent = sorted({item.image for item in items} - rows.keys())
+    absent = sorted({item.image for items in splits.values() for item in items} - rows.keys())
     if absent:
         raise MissingImagesError(f"{len(absent)} image(s) of {plan.name} have no row in {cache.root}: {', '.join(absent[:10])}")
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    predictions_path = plan.out_dir / PREDICTIONS
-    done = read_predictions(predictions_path)
+    results = []
+    for split, items in splits.items():
+        result, out = plan.results[split], plan.out_dir(plan.results[split])
+        out.mkdir(parents=True, exist_ok=True)
+        predictions = predict(items, cache, rows, generator, out / PREDICTIONS, result, progress)
+        summary = {"benchmark": result, "task": bench.task, "split": split, "model": str(plan.model), "items": len(items)}
+        if bench.submission:  # nothing to score here, so no metrics.json for the table
+            write_submission(items, predictions, out / SUBMISSION)
+            summary["submission"] = str(out / SUBMISSION)
+        else:
+            from lyrics.evaluate.scoring import score
+
+            summary["metrics"] = score(bench.task, items, predictions, meteor)
+            (out / METRICS).write_text(json.dumps(summary, indent=2) + "\n")
+            if bench.task == "rec":
+                draw_rec_grid_of(out, cache, rows)
+        results.append(summary)
+    return results
+
+
+def predict(
+    items: list[EvalItem], cache: CacheDataset, rows: dict[str, int], generate: Generator, path: Path, desc: str, progress: bool
+) -> list[str]:
+    """One answer per item, in item order; answers already in ``path`` are kept, new ones appended as they come."""
+    done = read_predictions(path)
     todo = [item for item in items if item.id not in done]
-    if todo:
-        assistant = Assistant.load(config, plan.model, plan.profile)
-        size = config.evaluation.batch_size
-        with predictions_path.open("a", encoding="utf-8") as out, tqdm(total=len(items), initial=len(items) - len(todo), desc=plan.name, disable=not progress) as bar:
-            for start in range(0, len(todo), size):
-                batch = todo[start : start + size]
-                answers = assistant.generate([cache[rows[i.image]] for i in batch], [i.prompt for i in batch], config.evaluation.max_new_tokens)
-                for item, answer in zip(batch, answers):
-                    out.write(json.dumps({"id": item.id, "image": item.image, "prompt": item.prompt, "prediction": answer, "target": item.target}) + "\n")
-                    done[item.id] = answer
-                out.flush()
-                bar.update(len(batch))
-    result = {
-        "benchmark": plan.name, "task": bench.task, "split": bench.split, "model": str(plan.model), "items": len(items),
-        "metrics": score(bench.task, items, [done[item.id] for item in items]),
-    }  # fmt: skip
-    (plan.out_dir / METRICS).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    size = generate.config.evaluation.batch_size
+    with path.open("a", encoding="utf-8") as out, tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            answers = generate([cache[rows[i.image]] for i in batch], [i.prompt for i in batch])
+            for item, answer in zip(batch, answers):
+                out.write(json.dumps({"id": item.id, "image": item.image, "prompt": item.prompt, "prediction": answer, "target": item.target}) + "\n")
+                done[item.id] = answer
+            out.flush()
+            bar.update(len(batch))
+    return [done[item.id] for item in items]
+
+
+def write_submission(items: list[EvalItem], predictions: list[str], path: Path) -> None:
+    """The VQA evaluation server's result file: [{"question_id": int, "answer": str}] (the server normalizes)."""
+    path.write_text(json.dumps([{"question_id": i.target["question_id"], "answer": p} for i, p in zip(items, predictions)]) + "\n")
+
+
+def draw_rec_grid_of(out: Path, cache: CacheDataset, rows: dict[str, int]) -> Path:
+    """rec_grid.png of the first predictions, the images read back from where their cache rows came from."""
+    from lyrics.evaluate.rec_grid import draw_rec_grid
+    from lyrics.extract.images import load_images
+
+    records = [json.loads(line) for line in (out / PREDICTIONS).read_text(encoding="utf-8").splitlines()[:REC_GRID_PANELS]]
+    sources = cache.rows(["source", "key"]).to_pylist()
+    wanted = {r["image"]: sources[rows[r["image"]]] for r in records}
+    images = load_images({key: (json.loads(row["source"])["file"], row["key"]) for key, row in wanted.items()})
+    return draw_rec_grid(records, images, out / REC_GRID, limit=REC_GRID_PANELS)
 
 
 def summary(result: dict[str, Any]) -> str:
+    if "submission" in result:
+        return f"{result['benchmark']} ({result['task']}, {result['items']} items): no answers released; server file {result['submission']}"
     metrics = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items() if not isinstance(v, (dict, list)))
     return f"{result['benchmark']} ({result['task']}, {result['items']} items): {metrics}"
 
 
+def run_benchmarks(
+    config: PipelinesConfig, names: Sequence[str], model: Path | None = None, profile: str | None = None,
+    split: str | None = None, meteor: bool = False, progress: bool = True,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every benchmark named, checked first, on one loaded model; then the run's table is rewritten."""
+    plans = [EvalPlan.make(config, name, model, profile, split) for name in names]
+    generator = Generator(config, plans[0].model, plans[0].profile)
+    results = [result for plan in plans for result in evaluate(plan, progress, generator, meteor)]
+    for result in results:
+        print(summary(result))
+    from lyrics.evaluate.results_table import write_table
+
+    table = write_table(config.path(config.evaluation.results), plans[0].run_name)
+    print(f"results of {plans[0].run_name}: {plans[0].out_dir('<benchmark>').parent.parent}\ntable: {table}")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lyrics.evaluate.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench", required=True, help="a benchmark registered under benchmarks: in pipelines.yaml")
+    parser.add_argument("--bench", required=True, nargs="+", help="benchmarks registered under benchmarks: in pipelines.yaml")
     parser.add_argument("--model", type=Path, help="stage-2 result (default: {runs}/finetune-<profile>/lyrics)")
-    parser.add_argument("--split", help="override the benchmark's split")
+    parser.add_argument("--split", help="only this split of the benchmark(s)")
     parser.add_argument("--profile", help="model profile (default: training.profile)")
+    parser.add_argument("--meteor", action="store_true", help="captioning: METEOR too (Java; about 20 s more)")
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     args = parser.parse_args(argv)
     try:
-        plan = EvalPlan.make(load_config(args.config), args.bench, args.model, args.profile, args.split)
-        result = evaluate(plan)
+        run_benchmarks(load_config(args.config), args.bench, args.model, args.profile, args.split, args.meteor)
     except (ConfigError, FileNotFoundError, CacheMismatchError, DataFormatError, MissingImagesError) as e:
         sys.exit(f"error: {e}")
-    print(summary(result))
-    print(f"predictions: {plan.out_dir / PREDICTIONS}\nmetrics: {plan.out_dir / METRICS}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lyrics.data.webdataset import IMAGE_EXTENSIONS, iter_shard
 
 RejectReason = Literal["empty", "not_an_image", "too_large", "truncated", "corrupt"]
 
@@ -66,3 +70,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1
+
+
+def load_images(sources: Mapping[str, tuple[str, str]], max_pixels: int = 89_478_485) -> dict[str, Image.Image]:
+    """id -> decoded image of cache rows, from (file, key) of each row's ``source``: the file is the
+    image itself (image-folder data sets) or the input tar, which is read once for all its keys."""
+    by_shard: dict[str, dict[str, str]] = {}
+    images = {}
+    for uid, (file, key) in sources.items():
+        if Path(file).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
+            images[uid] = decode_image(Path(file).read_bytes(), max_pixels)
+        else:
+            by_shard.setdefault(file, {})[key] = uid
+    for shard, keys in by_shard.items():
+        for sample in iter_shard(Path(shard)):
+            if sample.key in keys:
+                images[keys[sample.key]] = decode_image(sample.image_bytes, max_pixels)
+    return images

@@ -25,12 +25,16 @@ from tqdm import tqdm
 
 from lyrics.config import ConfigError, PipelinesConfig
 from lyrics.data.errors import DataFormatError
-from lyrics.data.webdataset import expand_shards, iter_shard
+from lyrics.data.image_folder import FolderShard, UnreadableFile, folder_shards
+from lyrics.data.webdataset import TarShard, expand_shards
 from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints
 from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageRejected, decode_image
 from lyrics.extract.refiner import Chunk, load_stage, new_chunk, preprocessors, run_stage
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
+
+
+InputShard = TarShard | FolderShard  # each becomes the cache shard of the same name
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class ExtractJob:
     config: PipelinesConfig
     dataset: str
     profile: str
-    shards: tuple[Path, ...]
+    shards: tuple[InputShard, ...]
     cache_root: Path
 
     @classmethod
@@ -52,57 +56,64 @@ class ExtractJob:
                 component_spec(config, profile, name).check_available()
             except FileNotFoundError as e:
                 raise ConfigError(f"profile {profile!r}: {e}") from None
-        source = config.dataset(dataset)
-        pattern = config.path(source.path)
-        try:
-            shards = tuple(expand_shards(pattern))
-        except DataFormatError as e:
-            raise ConfigError(
-                f"dataset {dataset!r}: its shards are not there ({e}).\n"
-                f"  Looked at: {pattern}\n  They are produced by: {source.produced_by}"
-            ) from None
-        return cls(config, dataset, profile, shards, cache_root or default_cache_root(config, dataset, profile))
+        return cls(config, dataset, profile, input_shards(config, dataset), cache_root or default_cache_root(config, dataset, profile))
 
 
-def shard_name(path: Path) -> str:
-    return path.name.split(".")[0]
+def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...]:
+    """The data set's tars, or its image folder cut into shards; missing inputs are a ConfigError saying where they come from."""
+    source = config.dataset(dataset)
+    path = config.path(source.path)
+    try:
+        if source.format == "folder":
+            captions = config.path(source.captions) if source.captions else None
+            return tuple(folder_shards(path, source.key, captions))
+        return tuple(TarShard(shard) for shard in expand_shards(path))
+    except DataFormatError as e:
+        raise ConfigError(
+            f"dataset {dataset!r}: its {source.format} input is not usable ({e}).\n"
+            f"  Looked at: {path}\n  It is produced by: {source.produced_by}"
+        ) from None
 
 
 # --- stage 1: read, decode once, preprocess for every model (CPU tasks) -----------------------------
 class DecodeStage:
     """Turns one input shard into chunks of preprocessed images; undecodable inputs become skips."""
 
-    def __init__(self, config: PipelinesConfig, profile: str, dataset: str) -> None:
+    def __init__(self, config: PipelinesConfig, profile: str, dataset: str, shards: tuple[InputShard, ...]) -> None:
+        self.shards = shards
         self.preprocessors = preprocessors(config, profile)
         self.max_pixels = config.extraction.max_image_pixels
         self.batch_size = config.extraction.batch_size
         self.dataset = dataset
 
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        shard = Path(item["shard"])
-        name = shard_name(shard)
+        shard = self.shards[item["shard"]]
+        name = shard.name
         samples, skips = [], []
         chunks: list[list[dict[str, Any]]] = []
         try:
-            for sample in iter_shard(shard):
+            for sample in shard.samples():
+                if isinstance(sample, UnreadableFile):
+                    skips.append({"id": sample_id(self.dataset, name, sample.key), "file": sample.file, "reason": sample.reason})
+                    continue
                 uid = sample_id(self.dataset, name, sample.key)
                 try:
                     image = decode_image(sample.image_bytes, self.max_pixels)
                 except ImageRejected as e:
-                    skips.append({"id": uid, "file": f"{shard}:{sample.key}", "reason": str(e)})
+                    skips.append({"id": uid, "file": f"{sample.shard}:{sample.key}", "reason": str(e)})
                     continue
-                samples.append({"id": uid, "key": sample.key, "caption": sample.caption, "meta": sample.meta, "image": image})
+                samples.append({"id": uid, "key": sample.key, "file": sample.shard, "caption": sample.caption, "meta": sample.meta, "image": image})
                 if len(samples) == self.batch_size:
                     chunks.append(samples)
                     samples = []
         except DataFormatError as e:
             # A damaged tar: keep what was read before the damage, record the rest as one skip.
-            skips.append({"id": sample_id(self.dataset, name, "*"), "file": str(shard), "reason": f"corrupt_shard: {e}"})
+            skips.append({"id": sample_id(self.dataset, name, "*"), "file": shard.source, "reason": f"corrupt_shard: {e}"})
         if samples or not chunks:
             chunks.append(samples)
         for index, members in enumerate(chunks):
             last = index == len(chunks) - 1
-            record = {"shard": name, "source": str(shard), "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
+            record = {"shard": name, "source": shard.source, "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
             record["skips"] = skips if last else []
             if members:
                 pixels = [{name: prep(m["image"]) for name, prep in self.preprocessors.items()} for m in members]
@@ -112,7 +123,7 @@ class DecodeStage:
 
 def _row_fields(member: dict[str, Any]) -> dict[str, Any]:
     width, height = member["image"].size
-    return {"id": member["id"], "key": member["key"], "caption": member["caption"], "meta": member["meta"], "width": width, "height": height}
+    return {"id": member["id"], "key": member["key"], "file": member["file"], "caption": member["caption"], "meta": member["meta"], "width": width, "height": height}
 
 
 # --- stage 2: one frozen model per actor pool ---------------------------------------------------------
@@ -152,7 +163,7 @@ def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
                 "box_labels": record["box_labels"][i],
                 "box_scores": record["box_scores"][i].tolist(),
                 "spatial_text": record["spatial_text"][i],
-                "source": json.dumps({"file": record["source"], **(r["meta"] or {})}, sort_keys=True),
+                "source": json.dumps({"file": r["file"], **(r["meta"] or {})}, sort_keys=True),
             }
         )
     return rows
@@ -168,13 +179,13 @@ def run(job: ExtractJob, progress: bool = True) -> Manifest:
     storage = StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
     identity = CacheIdentity(schema, storage, extraction_settings(config, job.profile), fingerprints(config, job.profile))
     writer = CacheWriter(job.cache_root, identity)
-    todo = [s for s in job.shards if shard_name(s) not in writer.committed()]
+    todo = [i for i, s in enumerate(job.shards) if s.name not in writer.committed()]
     if todo:
         _run_ray(job, writer, todo, progress)
     return writer.finalize(extra=_summary(writer, job))
 
 
-def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: bool) -> None:
+def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool) -> None:
     import ray  # imported here: `import ray` costs seconds that planning and errors should not pay
     import ray.data
 
@@ -191,8 +202,8 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[Path], progress: b
     cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values())))
     gpus = min(1.0, resources.get("GPU", 0) / sum(actors.values()))
     args = (job.config, job.profile)
-    ds = ray.data.from_items([{"shard": str(s)} for s in todo]).flat_map(
-        DecodeStage, fn_constructor_args=(*args, job.dataset), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus
+    ds = ray.data.from_items([{"shard": i} for i in todo]).flat_map(
+        DecodeStage, fn_constructor_args=(*args, job.dataset, job.shards), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus
     )
     for name in STAGES:
         pool = ray.data.ActorPoolStrategy(size=actors[name])
@@ -225,4 +236,4 @@ def _summary(writer: CacheWriter, job: ExtractJob) -> dict[str, Any]:
     """Counts for the manifest: every input is a row or a skip; rows without a caption are listed."""
     rows = writer.committed_rows(["id", "caption"])
     missing = [uid for uid, caption in zip(rows.column("id").to_pylist(), rows.column("caption").to_pylist()) if not caption]
-    return {"dataset": job.dataset, "profile": job.profile, "input_shards": [str(s) for s in job.shards], "missing_caption": missing}
+    return {"dataset": job.dataset, "profile": job.profile, "input_shards": [s.source for s in job.shards], "missing_caption": missing}

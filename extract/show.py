@@ -2,7 +2,7 @@
 
     python -m lyrics.extract.show [--data sample | --cache CACHE_ROOT] [--out PNG] [--count 16]
 
-The images are read back from the input shards named in each row's ``source``.
+The images are read back from the input shards or image files named in each row's ``source``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lyrics.config import load_config  # noqa: E402
-from lyrics.data.webdataset import iter_shard  # noqa: E402
-from lyrics.extract.images import decode_image  # noqa: E402
+from lyrics.extract.images import load_images  # noqa: E402
 from lyrics.extract.cache_location import default_cache_root  # noqa: E402
 from lyrics.store import CacheDataset  # noqa: E402
 
@@ -37,19 +36,6 @@ def mask_on_image(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     longest = max(width, height)
     valid = mask[: max(1, round(grid * height / longest)), : max(1, round(grid * width / longest))]
     return np.asarray(Image.fromarray(valid.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
-
-
-def load_images(sources: dict[str, tuple[str, str]], max_pixels: int = 89_478_485) -> dict[str, Image.Image]:
-    """id -> decoded image, reading each input shard once."""
-    by_shard: dict[str, dict[str, str]] = {}
-    for uid, (shard, key) in sources.items():
-        by_shard.setdefault(shard, {})[key] = uid
-    images = {}
-    for shard, keys in by_shard.items():
-        for sample in iter_shard(Path(shard)):
-            if sample.key in keys:
-                images[keys[sample.key]] = decode_image(sample.image_bytes, max_pixels)
-    return images
 
 
 def draw_cache(cache: Path, out: Path, count: int = 16) -> Path:

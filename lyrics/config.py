@@ -30,11 +30,14 @@ class Strict(BaseModel):
 
 
 # --- data sources -------------------------------------------------------------------------------
+FolderKey = Literal["stem", "parent", "path"]  # an image folder's join key rule (data/image_folder.py)
+
 class DatasetConfig(Strict):
     format: Literal["webdataset", "folder"]
-    # WebDataset: a brace pattern of tar shards. Folder: the image folder.
+    # WebDataset: a brace pattern of tar shards. Folder: the image folder (data/image_folder.py).
     path: str
     captions: str | None = Field(None, description="folder format: JSONL or Parquet with `image`, `caption`")
+    key: FolderKey = Field("stem", description="folder format: join key of an image: its file stem, parent folder or relative path")
     # How the files come to exist; shown in the error when they are missing.
     produced_by: str = "img2dataset --output_format webdataset"
 
@@ -176,11 +179,31 @@ class BenchmarkConfig(Strict):
     """A benchmark: its annotation files (per format, see evaluate/benchmarks.py) and the data set holding its images."""
 
     task: EvalTask = Field(description="which metric scores it")
-    format: str = Field(description="how its files are read: refcoco, karpathy, vqa, gqa, textvqa, scienceqa, pope, mme")
-    files: dict[str, str]
-    split: str | None = None
+    format: str = Field(description="how its files are read (evaluate/benchmarks.py FORMATS)")
+    files: dict[str, str] = Field(description="file key -> path; a path may hold {split}")
+    splits: list[str] = Field([], description="evaluated one after another, each a result of its own; [] when the files are one split")
+    submission: bool = Field(False, description="no answers are released (VQAv2 test-dev): write the evaluation server's file instead of scores")
     images: str = Field(description="a data set under datasets: whose cache holds the images (extracted first when missing)")
     source: str = Field(description="where the files come from, shown when they are missing")
+
+    @model_validator(mode="after")
+    def _splits_and_submission(self) -> BenchmarkConfig:
+        if not self.splits and any("{split}" in path for path in self.files.values()):
+            raise ValueError("a file path holds {split} but the benchmark lists no splits")
+        if self.submission and self.task != "vqa":
+            raise ValueError(f"submission: only VQA test-dev files are written for a server, not task {self.task!r}")
+        return self
+
+    def result_names(self, name: str, split: str | None = None) -> dict[str | None, str]:
+        """split -> the name of its results ("refcoco-testA"); one split of several, or `split`, adds a suffix."""
+        if split is not None:
+            return {split: f"{name}-{split}"}
+        if len(self.splits) > 1:
+            return {s: f"{name}-{s}" for s in self.splits}
+        return {self.splits[0] if self.splits else None: name}
+
+    def split_files(self, split: str | None) -> dict[str, str]:
+        return {key: path.replace("{split}", split or "") for key, path in self.files.items()}
 
 
 class EvaluationConfig(Strict):

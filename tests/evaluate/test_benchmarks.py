@@ -93,7 +93,7 @@ def test_vqa(sample_dir: Path, names: str):
         assert item.id == str(question["question_id"])
         assert item.image in keys
         assert item.prompt == template.format(question=question["question"])
-        assert item.target == {"answers": answers[question["question_id"]]}
+        assert item.target == {"answers": answers[question["question_id"]], "question_id": question["question_id"]}
         assert len(item.target["answers"]) == 10
 
 

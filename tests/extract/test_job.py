@@ -30,6 +30,7 @@ def config_path(tmp_path_factory) -> Path:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["root"] = str(root)
     raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=4)
+    raw["datasets"]["photos"] = {"format": "folder", "path": "{root}/photos", "key": "path", "produced_by": "the folder test"}
     for component in raw["profiles"]["tiny"].values():
         if isinstance(component, dict):  # architecture files stay the repository's
             component["arch"] = str(REPO_ROOT / component["arch"])
@@ -116,6 +117,43 @@ def test_missing_dataset_files_stop_at_once_naming_the_path(config_path):
     assert "Traceback" not in result.stderr.splitlines()[-1]
 
 
+def test_an_image_folder_is_extracted_as_its_images_are_from_tars(config_path, sample_cache):
+    """A `format: folder` data set (how benchmark images come): rows keyed by the folder's key rule,
+    a broken file skipped and counted, and the same features as the same bytes read from a tar."""
+    from lyrics.data.instructions import image_key
+    from lyrics.data.webdataset import iter_shard
+    from lyrics.extract.images import load_images
+
+    config = load_config(config_path)
+    photos = config.path("{root}/photos")
+    tar_rows = {row["key"]: row for row in CacheDataset(sample_cache).rows(["key", "source"]).to_pylist()[:3]}
+    tar = json.loads(next(iter(tar_rows.values()))["source"])["file"]
+    copied = {}
+    for sample in iter_shard(Path(tar)):
+        if sample.key in tar_rows:
+            path = photos / ("a" if len(copied) % 2 else "b") / f"{sample.key}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(sample.image_bytes)
+            copied[f"{path.parent.name}/{sample.key}"] = sample.key
+    (photos / "b" / "broken.jpg").write_bytes(b"not an image")
+    result = extract(config_path, "photos")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = default_cache_root(config, "photos", "tiny")
+    (skip,) = read_manifest(root).skipped
+    assert skip.file.endswith("photos/b/broken.jpg:b/broken") and skip.reason.startswith("not_an_image")
+    folder, tars = CacheDataset(root), CacheDataset(sample_cache)
+    tar_index = {row["key"]: i for i, row in enumerate(tars.rows(["key"]).to_pylist())}
+    keys = [image_key(json.loads(source)) for source in folder.rows(["source"]).column("source").to_pylist()]
+    assert sorted(keys) == sorted(copied)
+    for i, key in enumerate(keys):
+        mine, theirs = folder[i], tars[tar_index[copied[key]]]
+        assert mine["tags"] == theirs["tags"] and mine["spatial_text"] == theirs["spatial_text"], key
+        assert np.allclose(mine["vit_tokens"].float().numpy(), theirs["vit_tokens"].float().numpy(), rtol=2e-3, atol=2e-3), key
+        source = json.loads(mine["source"])
+        image = load_images({key: (source["file"], mine["key"])})[key]
+        assert source["file"] == str(photos / f"{key}.jpg") and image.size == (mine["width"], mine["height"])
+
+
 def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_cache, tmp_path):
     cache = tmp_path / "resumed"
     args = [sys.executable, "-m", "lyrics.extract", "--data", "sample", "--cache", str(cache)]
@@ -149,7 +187,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_
 
 def test_online_refine_of_one_image_matches_its_cache_row(config_path, sample_cache):
     from lyrics.extract.refiner import FrozenModels, refine
-    from lyrics.extract.show import load_images
+    from lyrics.extract.images import load_images
 
     config = load_config(config_path)
     models = FrozenModels.load(config, "tiny", device="cpu")

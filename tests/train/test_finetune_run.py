@@ -23,7 +23,7 @@ from lyrics.chat import Chat
 from lyrics.config import ConfigError, load_config
 from lyrics.data.instructions import Instruction, MissingImagesError, write_jsonl
 from lyrics.evaluate.assistant import Assistant
-from lyrics.evaluate.run import EvalPlan, evaluate
+from lyrics.evaluate.run import EvalPlan, evaluate, summary
 from lyrics.model.factory import build_stage1_model
 from lyrics.model.llm import load_llm
 from lyrics.model.lvlm import load_lvlm
@@ -270,6 +270,10 @@ def test_an_evaluation_scores_resumes_after_a_kill_and_refuses_missing_files(set
         raw["evaluation"].update(batch_size=4, max_new_tokens=4)
         raw["benchmarks"] = {"synthetic-mme": {"task": "mme", "format": "mme", "images": "sample", "source": "the test",
                                                "files": {"questions": str(root / "mme.json")}},
+                             "synthetic-pope": {"task": "pope", "format": "pope", "images": "sample", "source": "the test",
+                                                "splits": ["random", "popular"], "files": {"questions": str(root / "pope_{split}.json")}},
+                             "synthetic-test-dev": {"task": "vqa", "format": "vqa", "submission": True, "images": "sample", "source": "the test",
+                                                    "files": {"questions": str(root / "questions.json"), "image_names": str(root / "images.json")}},
                              "absent": {"task": "vqa", "format": "vqa", "images": "sample", "source": "https://visualqa.org",
                                         "files": {"questions": str(root / "nowhere.json")}}}  # fmt: skip
 
@@ -279,11 +283,38 @@ def test_an_evaluation_scores_resumes_after_a_kill_and_refuses_missing_files(set
     with pytest.raises(ConfigError, match="no stage-2 result"):
         EvalPlan.make(bench_config, "synthetic-mme", model=root / "missing")
     evaluation = EvalPlan.make(bench_config, "synthetic-mme", model=plan.run_dir / "lyrics")
-    first = evaluate(evaluation, progress=False)
-    lines = (evaluation.out_dir / "predictions.jsonl").read_text().splitlines()
+    out = evaluation.out_dir("synthetic-mme")
+    assert out == root / "results" / "synthetic-mme" / plan.run_dir.name
+    (first,) = evaluate(evaluation, progress=False)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 6 and first["items"] == 6 and set(first["metrics"]["subtasks"]) == {"existence"}
-    assert json.loads((evaluation.out_dir / "metrics.json").read_text()) == json.loads(json.dumps(first))
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(first))
     # A kill mid-write: two whole lines and half a third survive; the rerun completes to the same predictions.
-    (evaluation.out_dir / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
-    again = evaluate(evaluation, progress=False)
-    assert (evaluation.out_dir / "predictions.jsonl").read_text().splitlines() == lines and again == first
+    (out / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
+    (again,) = evaluate(evaluation, progress=False)
+    assert (out / "predictions.jsonl").read_text().splitlines() == lines and again == first
+
+    # A benchmark of two splits: the file of each ({split} in its path), a result of each.
+    for setting, label in (("random", "yes"), ("popular", "no")):
+        records = [{"question_id": i, "image": f"img{i}.jpg", "text": "Is there a cat in the image?", "label": label} for i in range(3)]
+        (root / f"pope_{setting}.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pope = EvalPlan.make(bench_config, "synthetic-pope", model=plan.run_dir / "lyrics")
+    assert pope.results == {"random": "synthetic-pope-random", "popular": "synthetic-pope-popular"}
+    random, popular = evaluate(pope, progress=False)
+    assert (random["benchmark"], random["split"], popular["benchmark"], popular["split"]) == ("synthetic-pope-random", "random", "synthetic-pope-popular", "popular")
+    for result, label in ((random, "yes"), (popular, "no")):
+        records = [json.loads(line) for line in (pope.out_dir(result["benchmark"]) / "predictions.jsonl").read_text().splitlines()]
+        assert [r["target"]["label"] for r in records] == [label] * 3
+        assert result["metrics"]["total"] == 3
+    assert EvalPlan.make(bench_config, "synthetic-pope", model=plan.run_dir / "lyrics", split="popular").results == {"popular": "synthetic-pope-popular"}
+
+    # A test-dev split without answers: the VQA server's file, no scores.
+    (root / "questions.json").write_text(json.dumps({"questions": [{"question_id": 70 + i, "image_id": i, "question": "What is it?"} for i in range(2)]}))
+    (root / "images.json").write_text(json.dumps({"images": [{"id": i, "file_name": f"img{i}.jpg"} for i in range(2)]}))
+    test_dev = EvalPlan.make(bench_config, "synthetic-test-dev", model=plan.run_dir / "lyrics")
+    (result,) = evaluate(test_dev, progress=False)
+    submission = json.loads(Path(result["submission"]).read_text())
+    predictions = [json.loads(line)["prediction"] for line in (test_dev.out_dir("synthetic-test-dev") / "predictions.jsonl").read_text().splitlines()]
+    assert submission == [{"question_id": 70, "answer": predictions[0]}, {"question_id": 71, "answer": predictions[1]}]
+    assert "metrics" not in result and "server file" in summary(result)
+    assert not (test_dev.out_dir("synthetic-test-dev") / "metrics.json").exists()
