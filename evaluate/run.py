@@ -211,18 +211,15 @@ def summary(result: dict[str, Any]) -> str:
 def run_benchmarks(
     config: PipelinesConfig, names: Sequence[str], model: Path | None = None, profile: str | None = None,
     split: str | None = None, meteor: bool = False, progress: bool = True,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Every benchmark named, checked first, on one loaded model; then the run's table is rewritten."""
+) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
+    """Every benchmark named, checked first, on one loaded model; returns the results and the run's
+    table, rewritten with every result of that model run."""
     plans = [EvalPlan.make(config, name, model, profile, split) for name in names]
     generator = Generator(config, plans[0].model, plans[0].profile)
     results = [result for plan in plans for result in evaluate(plan, progress, generator, meteor)]
-    for result in results:
-        print(summary(result))
     from lyrics.evaluate.results_table import write_table
 
-    table = write_table(config.path(config.evaluation.results), plans[0].run_name)
-    print(f"results of {plans[0].run_name}: {plans[0].out_dir('<benchmark>').parent.parent}\ntable: {table}")
-    return results
+    return results, write_table(config.path(config.evaluation.results), plans[0].run_name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -235,9 +232,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     args = parser.parse_args(argv)
     try:
-        run_benchmarks(load_config(args.config), args.bench, args.model, args.profile, args.split, args.meteor)
+        results, table = run_benchmarks(load_config(args.config), args.bench, args.model, args.profile, args.split, args.meteor)
     except (ConfigError, FileNotFoundError, CacheMismatchError, DataFormatError, MissingImagesError) as e:
         sys.exit(f"error: {e}")
+    for result in results:
+        print(summary(result))
+    run = Path(results[0]["model"]).resolve().parent.name
+    print(f"predictions and metrics: {table.parent}/<benchmark>/{run}/\ntable: {table}")
 
 
 if __name__ == "__main__":

@@ -1,38 +1,24 @@
-"""`make demo`: run every phase that exists on the embedded sample, and say which do not yet.
+"""`make demo`: the whole pipeline on the embedded sample: extract -> pretrain -> finetune -> a chat
+-> the sample benchmarks.
 
-Each step prints what it wrote; the run ends with the paths of the results and pictures.
+Each step prints what it wrote; the run ends with the results table and the paths of the pictures.
+A rerun resumes every phase (a finished one is reused).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import TypeVar
 
 from PIL import Image
 
 from lyrics.config import load_config
 from lyrics.data.sample.build import build_sample, is_complete
 from lyrics.data.sample.draw import draw_annotations
-from lyrics.train.runs import RunSettingsChanged
+from lyrics.train.runs import prepare_or_restart
 
-# Phases of the design card that this checkout does not implement yet (no fake steps).
-NOT_BUILT = {
-    "eval": "evaluation in the demo, the results table beside the paper's numbers, make ablation "
-    "(make eval BENCH=sample-rec, sample-caption, sample-vqa, sample-scienceqa, sample-pope, sample-mme runs)",
-}
-T = TypeVar("T")
+SAMPLE_BENCHMARKS = ("sample-rec", "sample-caption", "sample-vqa", "sample-scienceqa", "sample-pope", "sample-mme")
 CHAT_PHOTO = "chelsea"  # a sample photo the fine-tuned model is asked about, refined online
 CHAT_QUESTIONS = ("What animal is in the picture?", "Describe the image briefly.")
-
-
-def prepare_or_restart(prepare: Callable[..., T], plan: object) -> T:
-    """A demo run resumes; one left by a demo with other settings (an updated checkout) starts over."""
-    try:
-        return prepare(plan)
-    except RunSettingsChanged as error:
-        print(f"{error}\nthe demo starts this run over")
-        return prepare(plan, restart=True)
 
 
 def main() -> None:
@@ -84,9 +70,14 @@ def main() -> None:
         print(f"> {question}\n{chat.ask(question)}")
     chat_png = chat.draw(pictures / f"chat_{CHAT_PHOTO}_refiner.png")
 
-    print("\n== phases not built yet")
-    for step in NOT_BUILT.values():
-        print(f"  - {step}")
+    print(f"\n== evaluate on the sample benchmarks ({', '.join(SAMPLE_BENCHMARKS)}; a rerun continues from the predictions written)")
+    from lyrics.evaluate.run import REC_GRID, run_benchmarks, summary
+
+    results, table = run_benchmarks(config, SAMPLE_BENCHMARKS, model=result)
+    for line in map(summary, results):
+        print(line)
+    print(f"\n{table.read_text()}")
+    rec_grid = table.parent / "sample-rec" / tuning.run_dir.name / REC_GRID
 
     print("\n== results")
     for label, path in [
@@ -100,6 +91,9 @@ def main() -> None:
         ("stage-2 model: MQ-Former + projection (safetensors), LoRA (peft)", result),
         ("stage-2 loss curve", tuning.run_dir / "loss_curve.png"),
         ("the chat photo's online refiner output", chat_png),
+        ("predictions and metrics of each sample benchmark", table.parent / "<benchmark>" / tuning.run_dir.name),
+        ("REC: predicted (red) and reference (green) boxes", rec_grid),
+        ("the results table beside the paper's numbers", table),
     ]:
         print(f"  {label}: {path}")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import torch
@@ -24,10 +25,20 @@ from lyrics.train.loss_curve import metrics_files, plot_losses
 
 RUN_SETTINGS = "run.json"
 LAST = "last.ckpt"
+T = TypeVar("T")
 
 
 class RunSettingsChanged(ConfigError):
     """A run folder exists whose run.json differs from the settings asked for now."""
+
+
+def prepare_or_restart(prepare: Callable[..., T], plan: object) -> T:
+    """For `make demo` and `make ablation`: a run resumes; one left with other settings (an updated checkout) starts over."""
+    try:
+        return prepare(plan)
+    except RunSettingsChanged as error:
+        print(f"{error}\nthis run starts over")
+        return prepare(plan, restart=True)
 
 
 def devices(config: PipelinesConfig) -> int:
