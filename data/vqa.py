@@ -20,14 +20,16 @@ class VqaQuestion:
     answers: tuple[str, ...]  # the ten human answers, scored by the VQA accuracy min(#matches / 3, 1)
 
 
-class _Question(BaseModel):
+class VqaQuestionText(BaseModel):
+    """A question as the questions file has it (test-dev: all there is)."""
+
     question_id: int
     image_id: int
     question: str
 
 
 class _QuestionsFile(BaseModel):
-    questions: list[_Question]
+    questions: list[VqaQuestionText]
 
 
 class _Answer(BaseModel):
@@ -47,9 +49,14 @@ class _AnnotationsFile(BaseModel):
     annotations: list[_Annotation]
 
 
+def read_vqa_questions(questions_path: Path) -> list[VqaQuestionText]:
+    """The questions file alone, in its order."""
+    return read_json(questions_path, _QuestionsFile).questions
+
+
 def read_vqa(questions_path: Path, annotations_path: Path) -> list[VqaQuestion]:
     """Every question of `questions_path` with its annotation, in the questions file's order."""
-    questions = read_json(questions_path, _QuestionsFile).questions
+    questions = read_vqa_questions(questions_path)
     annotations_file = read_json(annotations_path, _AnnotationsFile)
     annotations = {annotation.question_id: annotation for annotation in annotations_file.annotations}
     records = []

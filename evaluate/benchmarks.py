@@ -75,7 +75,7 @@ from lyrics.data.instructions import OPTION_LETTERS, read_scienceqa, scienceqa_f
 from lyrics.data.jsonfile import read_json
 from lyrics.data.refcoco import read_refcoco
 from lyrics.data.textvqa import read_textvqa
-from lyrics.data.vqa import VqaQuestion, read_vqa
+from lyrics.data.vqa import VqaQuestion, VqaQuestionText, read_vqa, read_vqa_questions
 from lyrics.evaluate.mme import COGNITION, PERCEPTION
 
 FORMATS = (
@@ -122,18 +122,6 @@ class _NamedImages(BaseModel):
     """Any COCO-style file (captions, instances) read for its `images` list only."""
 
     images: list[_NamedImage]
-
-
-class _VqaQuestion(BaseModel):
-    question_id: int
-    image_id: int
-    question: str
-
-
-class _VqaQuestions(BaseModel):
-    """A VQAv2 questions file read alone (test-dev has no annotations file to join)."""
-
-    questions: list[_VqaQuestion]
 
 
 class _VizWizAnswer(BaseModel):
@@ -235,13 +223,13 @@ def _caption_items(images: list[CaptionedImage]) -> list[EvalItem]:
 
 def _vqa(files: Mapping[str, Path], split: str | None) -> list[EvalItem]:
     questions, names = files["questions"], files["image_names"]
-    records: Sequence[VqaQuestion | _VqaQuestion]
+    records: Sequence[VqaQuestion | VqaQuestionText]
     answers: dict[int, list[str]] = {}  # none for test-dev: released without them, the server scores it
     if "annotations" in files:
         records = annotated = read_vqa(questions, files["annotations"])
         answers = {q.question_id: list(q.answers) for q in annotated}
     else:
-        records = read_json(questions, _VqaQuestions).questions
+        records = read_vqa_questions(questions)  # test-dev: no annotations file to join
     keys = {image.id: _stem(image.file_name) for image in read_json(names, _NamedImages).images}
     missing = sorted({str(q.image_id) for q in records if q.image_id not in keys})
     if missing:
