@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLE_PREFIX = "sample-"
-REFERENCE_ONLY = "reference only: the embedded sample is not the benchmark"
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def _pope(setting: str, printed: str, baseline: Baseline) -> tuple[PaperNumber, 
                     "Table 9 names no metric; its Shikra and InstructBLIP values are their published POPE accuracies, "
                     "so read as accuracy; no image source named (POPE's default: COCO val2014)",
                     baseline),
-        PaperNumber("Table 9", where, "F1", "f1", None, "the paper reports one number per setting (accuracy), no F1"),
+        PaperNumber("Table 9", where, "F1", "f1", None, "the paper reports accuracy only, no F1"),
     )
 
 

@@ -4,9 +4,9 @@
 
 Reads every ``{results}/<result name>/<run>/metrics.json`` (written by ``lyrics.evaluate.run``) and
 writes ``{results}/table-<run>.md``: rows grouped by task, each with this run's value, the paper's
-(``lyrics.evaluate.paper_numbers``) and where the paper's number comes from. Only the named run's
-files are read, so runs never mix; a benchmark not run has no row; a malformed metrics file is an
-error naming its path.
+(``lyrics.evaluate.paper_numbers``) and where the paper's number comes from; the paper numbers' notes
+follow the table as numbered footnotes, each once. Only the named run's files are read, so runs never
+mix; a benchmark not run has no row; a malformed metrics file is an error naming its path.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from lyrics.config import ConfigError, load_config
 from lyrics.data.errors import DataFormatError
 from lyrics.data.sample.annotations import load_annotations
-from lyrics.evaluate.paper_numbers import PAPER, REFERENCE_ONLY, SAMPLE_REFERENCES, PaperNumber, Reference, is_sample, paper_reference
+from lyrics.evaluate.paper_numbers import PAPER, SAMPLE_REFERENCES, PaperNumber, Reference, is_sample, paper_reference
 
 METRICS = "metrics.json"  # the file lyrics.evaluate.run writes (not imported: that module loads torch)
 EMPTY = "—"
@@ -99,13 +99,15 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
-def _source(ref: Reference | None, paper: PaperNumber | None) -> str:
-    if paper is None:
+def _source(ref: Reference | None, paper: PaperNumber | None, notes: dict[str, int]) -> str:
+    """The paper's benchmark and table, e.g. "RefCOCO val, Table 3", " (reference)" on a sample row, then
+    the marker of the number's note, numbered in ``notes`` (note -> footnote number) on first use."""
+    if ref is None or paper is None:
         return "not in the paper"
-    parts = [f"{paper.table}: {paper.benchmark}, {paper.metric}"] + ([paper.note] if paper.note else [])
-    if ref is not None and ref.reference_only:
-        parts.insert(0, f"{REFERENCE_ONLY} ({ref.result})")
-    return "; ".join(parts)
+    text = f"{paper.benchmark}, {paper.table}" + (" (reference)" if ref.reference_only else "")
+    if paper.note:
+        text += f" [{notes.setdefault(paper.note, len(notes) + 1)}]"
+    return text
 
 
 def count(result: RunResult) -> str:
@@ -121,8 +123,8 @@ def count(result: RunResult) -> str:
     return text
 
 
-def table_rows(result: RunResult) -> list[tuple[str, ...]]:
-    """The result's rows: one per metric of its task; the count on the first."""
+def table_rows(result: RunResult, notes: dict[str, int]) -> list[tuple[str, ...]]:
+    """The result's rows: one per metric of its task; the count on the first; notes as in ``_source``."""
     ref = reference(result)
     rows = []
     for i, (key, label) in enumerate(TASK_VIEWS[result.task].rows):
@@ -133,7 +135,7 @@ def table_rows(result: RunResult) -> list[tuple[str, ...]]:
             result.name, label, _number(result.metrics[key], decimals),
             paper.printed if paper and paper.printed else EMPTY,
             f"{baseline.model} {baseline.printed}" if baseline else EMPTY,
-            _source(ref, paper), count(result) if i == 0 else "",
+            _source(ref, paper, notes), count(result) if i == 0 else "",
         ))
     return rows
 
@@ -147,14 +149,17 @@ def _position(result: RunResult) -> tuple[int, str]:
 
 
 def markdown_table(results: Sequence[RunResult]) -> str:
-    """One table, a bold row per task group, the rows in the paper's order."""
+    """One table, a bold row per task group, the rows in the paper's order; below it, each distinct note
+    of the paper's numbers once, as "[n] note", numbered in order of first use."""
+    notes: dict[str, int] = {}
     lines = [_line(HEADER), _line(["---"] * len(HEADER))]
     for task, view in TASK_VIEWS.items():
         group = sorted((r for r in results if r.task == task), key=_position)
         if group:
             lines.append(_line([f"**{view.title}**"] + [""] * (len(HEADER) - 1)))
-            lines += [_line(row) for result in group for row in table_rows(result)]
-    return "\n".join(lines) + "\n"
+            lines += [_line(row) for result in group for row in table_rows(result, notes)]
+    footnotes = [f"[{number}] {note}" for note, number in notes.items()]
+    return "\n\n".join(["\n".join(lines), *footnotes]) + "\n"
 
 
 def write_table(results_root: Path, run: str) -> Path:

@@ -40,7 +40,7 @@ def results(tmp_path: Path) -> Path:
 def _rows(table: str) -> dict[tuple[str, str], list[str]]:
     """(benchmark, metric) -> the row's cells."""
     rows = {}
-    for line in table.splitlines()[2:]:
+    for line in [line for line in table.splitlines() if line.startswith("|")][2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if cells[1]:  # group rows have only a title
             rows[cells[0], cells[1]] = cells
@@ -84,17 +84,20 @@ def test_table_rows(results: Path):
     }
     # this run, paper, best other, count; REC printed with Table 3's two decimals, CIDEr with Table 1's one.
     assert rows["refcoco-val", "accuracy@0.5"][2:5] == ["87.65", "90.69", "Qwen-VL (Qwen-7B) 88.55"]
-    assert rows["refcoco-val", "accuracy@0.5"][5] == "Table 3: RefCOCO val, accuracy (IoU > 0.5)"
+    assert rows["refcoco-val", "accuracy@0.5"][5] == "RefCOCO val, Table 3"
     assert rows["refcoco-val", "accuracy@0.5"][6] == "10000 items, 12 unparsable"
     assert rows["coco-caption", "CIDEr"][2:5] == ["98.8", "121.1", "Shikra (Vicuna-13B) 117.5"]
-    assert rows["coco-caption", "CIDEr"][5].startswith("Table 1: COCO, CIDEr; the paper names no split")
-    assert rows["gqa", "accuracy"][2:4] == ["50.0", "62.4"] and "test-balanced" in rows["gqa", "accuracy"][5]
+    # Notes are footnotes, numbered in order of first use.
+    assert rows["coco-caption", "CIDEr"][5] == "COCO, Table 1 [1]"
+    assert "\n\n[1] the paper names no split for COCO" in table
+    assert rows["gqa", "accuracy"][2:4] == ["50.0", "62.4"] and rows["gqa", "accuracy"][5] == "GQA test-balanced, Table 1 [2]"
     # Sample rows: the paper number is shown, marked as a reference only.
     assert rows["sample-rec", "accuracy@0.5"][2:4] == ["5.00", "90.69"]
-    assert rows["sample-rec", "accuracy@0.5"][5].startswith("reference only: the embedded sample is not the benchmark (refcoco-val)")
+    assert rows["sample-rec", "accuracy@0.5"][5] == "RefCOCO val, Table 3 (reference)"
     assert rows["sample-pope-random", "accuracy"][2:4] == ["50.00", "91.25"]
     assert rows["sample-pope-random", "accuracy"][6] == "22 items, yes 100.0%"
-    assert rows["sample-pope-random", "F1"][2:5] == ["66.7", "—", "—"]
+    assert rows["sample-pope-random", "F1"][2:6] == ["66.7", "—", "—", "POPE random, Table 9 (reference) [4]"]
+    assert "[4] the paper reports accuracy only, no F1" in table
     assert rows["sample-mme", "perception"][2:4] == ["100.00", "1537.37"]
     assert rows["sample-mme", "cognition"][2:4] == ["0.00", "431.06"]
     assert rows["sample-mme", "perception"][6] == "60 items, 2 subtasks missing"
@@ -113,6 +116,20 @@ def test_other_runs_never_mix(results: Path):
     other = _rows(markdown_table(collect(results, "other-run")))
     assert set(other) == {("refcoco-val", "accuracy@0.5"), ("vqav2", "VQA score")}
     assert other["refcoco-val", "accuracy@0.5"][2] == "11.11"
+
+
+def test_shared_note_is_one_footnote(tmp_path: Path):
+    for setting in ("random", "popular", "adversarial"):
+        _write(tmp_path, f"pope-{setting}", "pope",
+               {"accuracy": 80.0, "precision": 75.0, "recall": 90.0, "f1": 81.8, "yes_ratio": 60.0, "total": 3000}, 3000, split=setting)
+    table = markdown_table(collect(tmp_path, RUN))
+    rows = _rows(table)
+    f1_note = PAPER["pope-random"][1].note
+    assert table.count(f1_note) == 1 and f"\n\n[2] {f1_note}\n" in table
+    assert [rows[f"pope-{s}", "F1"][5] for s in ("random", "popular", "adversarial")] == [
+        "POPE random, Table 9 [2]", "POPE popular, Table 9 [2]", "POPE adversarial, Table 9 [2]"]
+    footnotes = [line for line in table.splitlines() if line.startswith("[")]
+    assert footnotes == [f"[1] {PAPER['pope-random'][0].note}", f"[2] {f1_note}"]  # the accuracy note, shared too, once
 
 
 def test_bare_benchmark_name_finds_the_paper_column_by_split(tmp_path: Path):
