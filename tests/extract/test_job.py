@@ -223,3 +223,24 @@ def test_make_pretrain_trains_from_the_cache_make_extract_wrote(config_path, sam
     again = subprocess.run(command, cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Restoring states from the checkpoint" in again.stdout + again.stderr
+
+
+def test_the_rec_grid_reads_the_images_back_from_the_cache_rows_sources(config_path, sample_cache, tmp_path):
+    """make eval's REC picture on a real cache: each answer's image found through its row's source (the tar)."""
+    from PIL import Image
+
+    from lyrics.evaluate.run import PREDICTIONS, REC_GRID, draw_rec_grid_of
+    from lyrics.train.finetune_data import row_index
+
+    cache = CacheDataset(sample_cache)
+    rows = row_index(cache)
+    keys = sorted(rows)[:3]
+    table = cache.rows(["width", "height"]).to_pylist()
+    sizes = {key: (table[rows[key]]["width"], table[rows[key]]["height"]) for key in keys}
+    records = [{"id": str(i), "image": key, "prompt": "<Image>In the given image, could you find and tell me the coordinates of it?",
+                "prediction": "<Bbox>(100,100),(500,500)</Bbox>", "target": {"box": [0.0, 0.0, 10.0, 10.0], "size": list(sizes[key])}}
+               for i, key in enumerate(keys)]  # fmt: skip
+    (tmp_path / PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    png = draw_rec_grid_of(tmp_path, cache, rows)
+    assert png == tmp_path / REC_GRID
+    assert Image.open(png).size == (4 * 4.0 * 80, 1 * 4.4 * 80)  # one row of four panels at 80 dpi
