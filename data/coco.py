@@ -17,11 +17,13 @@ class CaptionedImage:
     file_path: Path
     captions: tuple[str, ...]
     split: str | None
+    domain: str | None = None  # NoCaps: in-domain, near-domain or out-domain (its CIDEr is reported per domain)
 
 
 class _CocoImage(BaseModel):
     id: int
     file_name: str
+    domain: str | None = None  # NoCaps' extension of the COCO format
 
 
 class _CocoCaption(BaseModel):
@@ -63,7 +65,7 @@ def read_coco_captions(path: Path, image_dir: Path, split: str | None = None) ->
             )
         captions[annotation.image_id].append(annotation.caption)
     return [
-        CaptionedImage(image.id, Path(image_dir) / image.file_name, tuple(captions[image.id]), split)
+        CaptionedImage(image.id, Path(image_dir) / image.file_name, tuple(captions[image.id]), split, image.domain)
         for image in document.images
     ]
 

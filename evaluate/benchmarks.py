@@ -216,9 +216,12 @@ def _coco_captions(files: Mapping[str, Path], split: str | None) -> list[EvalIte
 
 def _caption_items(images: list[CaptionedImage]) -> list[EvalItem]:
     return [
-        EvalItem(str(image.image_id), image.file_path.stem, CAPTION_PROMPT, {"references": list(image.captions)})
+        EvalItem(
+            str(image.image_id), image.file_path.stem, CAPTION_PROMPT,
+            {"references": list(image.captions), **({"domain": image.domain} if image.domain else {})},
+        )
         for image in images
-    ]
+    ]  # fmt: skip
 
 
 def _vqa(files: Mapping[str, Path], split: str | None) -> list[EvalItem]:

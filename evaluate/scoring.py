@@ -28,8 +28,7 @@ def score(task: str, items: Sequence[EvalItem], predictions: Sequence[str], mete
         r = rec_scores(predictions, [t["box"] for t in targets], [tuple(t["size"]) for t in targets])
         return {"accuracy": 100 * r.accuracy, "correct": r.correct, "total": r.total, "unparsable": r.unparsable}
     if task == "caption":
-        scores = caption_scores({i.id: p for i, p in zip(items, predictions)}, {i.id: i.target["references"] for i in items}, meteor)
-        return {**scores.as_percent(), "images": len(items)}
+        return _captioning(items, predictions, meteor)
     if task == "vqa":
         return {"accuracy": 100 * vqa_scores(predictions, [t["answers"] for t in targets]).accuracy, "total": len(items)}
     if task == "exact_match":
@@ -47,3 +46,19 @@ def score(task: str, items: Sequence[EvalItem], predictions: Sequence[str], mete
         subtasks = {name: {"accuracy": 100 * s.accuracy, "accuracy_plus": 100 * s.accuracy_plus, "score": s.score} for name, s in r.subtasks.items()}
         return {"perception": r.perception, "cognition": r.cognition, "subtasks": subtasks, "missing_subtasks": r.missing}
     raise ValueError(f"no metric for task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def _captioning(items: Sequence[EvalItem], predictions: Sequence[str], meteor: bool) -> dict[str, Any]:
+    """The scores of all images and, where the targets name domains (NoCaps), of each domain on its own, as its official evaluation does."""
+    def scores_of(part: list[int]) -> dict[str, Any]:
+        result = caption_scores({items[i].id: predictions[i] for i in part}, {items[i].id: items[i].target["references"] for i in part}, meteor)
+        return {**result.as_percent(), "images": len(part)}
+
+    metrics = scores_of(list(range(len(items))))
+    domains: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if "domain" in item.target:
+            domains.setdefault(item.target["domain"], []).append(index)
+    if domains:
+        metrics["domains"] = {name: scores_of(part) for name, part in sorted(domains.items())}
+    return metrics

@@ -23,11 +23,11 @@ def _write(path: Path, document) -> Path:
 
 
 # --- coco_captions (NoCaps val) ---------------------------------------------------------------
-def _nocaps_image(id: int, open_images_id: str) -> dict:
+def _nocaps_image(id: int, open_images_id: str, domain: str = "near-domain") -> dict:
     return {
         "id": id, "open_images_id": open_images_id, "height": 683, "width": 1024, "license": 0,
         "coco_url": f"https://s3.amazonaws.com/nocaps/val/{open_images_id}.jpg", "file_name": f"{open_images_id}.jpg",
-        "date_captured": "2018-11-06 11:04:33", "domain": "near-domain",
+        "date_captured": "2018-11-06 11:04:33", "domain": domain,
     }  # fmt: skip
 
 
@@ -43,11 +43,33 @@ def test_coco_captions_nocaps(tmp_path: Path):
     })  # fmt: skip
     items = load_items("coco_captions", {"annotations": path}, "val")  # the split is not used
     assert [(i.id, i.image, i.target) for i in items] == [
-        ("0", "0013ea2087020901", {"references": ["A baby is standing in front of a house.", "A little girl in a white shirt."]}),
-        ("1", "002d9e8d9d2a3b2c", {"references": ["A red car on a street."]}),
+        ("0", "0013ea2087020901", {"references": ["A baby is standing in front of a house.", "A little girl in a white shirt."], "domain": "near-domain"}),
+        ("1", "002d9e8d9d2a3b2c", {"references": ["A red car on a street."], "domain": "near-domain"}),
     ]
     assert {i.prompt for i in items} == {TEMPLATES["caption"][0]}
     assert items == load_items("coco_captions", {"annotations": path}, None)
+
+
+def test_nocaps_cider_is_reported_overall_and_per_domain_each_domain_scored_alone(tmp_path: Path):
+    from lyrics.evaluate.captioning import caption_scores
+    from lyrics.evaluate.scoring import score
+
+    domains = ["in-domain", "out-domain", "in-domain", "out-domain"]
+    references = [["a dog runs on the grass", "a brown dog running"], ["a red car parked on a street", "a car by the road"],
+                  ["two cats sleep on a sofa", "cats asleep on a couch"], ["a plate of food on a table", "food on a plate"]]  # fmt: skip
+    path = _write(tmp_path / "nocaps_val_4500_captions.json", {
+        "images": [_nocaps_image(i, f"img{i}", domain) for i, domain in enumerate(domains)],
+        "annotations": [{"image_id": i, "caption": c, "id": 10 * i + j} for i, refs in enumerate(references) for j, c in enumerate(refs)],
+    })  # fmt: skip
+    items = load_items("coco_captions", {"annotations": path}, None)
+    predictions = ["a dog running on grass", "a car on a street", "a cat on a sofa", "a plate of food"]
+    metrics = score("caption", items, predictions)
+    assert set(metrics["domains"]) == {"in-domain", "out-domain"}
+    for name, part in (("in-domain", [0, 2]), ("out-domain", [1, 3])):
+        alone = caption_scores({str(i): predictions[i] for i in part}, {str(i): references[i] for i in part}).as_percent()
+        assert metrics["domains"][name] == {**alone, "images": 2}
+    everything = caption_scores({str(i): p for i, p in enumerate(predictions)}, {str(i): r for i, r in enumerate(references)}).as_percent()
+    assert metrics["CIDEr"] == everything["CIDEr"] != metrics["domains"]["in-domain"]["CIDEr"]
 
 
 def test_coco_captions_image_without_caption(tmp_path: Path):
