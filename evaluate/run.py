@@ -61,7 +61,8 @@ class EvalPlan:
         if bench.format not in FORMATS:
             raise ConfigError(f"{config.source}: benchmarks.{name}.format: {bench.format!r} is not one of {', '.join(FORMATS)}")
         results = bench.result_names(name, split)
-        missing = [f"{key}: {path}" for s in results for key, path in benchmark_files(config, bench, s).items() if not path.exists()]
+        wanted = (f"{key}: {path}" for s in results for key, path in benchmark_files(config, bench, s).items() if not path.exists())
+        missing = list(dict.fromkeys(wanted))  # splits of one file (refcoco's) name it once
         if missing:
             raise ConfigError(f"benchmark {name!r}: files not found:\n  " + "\n  ".join(missing) + f"\n  They come from: {bench.source}")
         profile = profile or config.training.profile

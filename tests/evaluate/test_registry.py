@@ -43,6 +43,9 @@ def test_a_missing_benchmark_file_is_named_with_where_it_comes_from(monkeypatch,
     for setting in ("random", "popular", "adversarial"):
         assert f"questions: {tmp_path}/coco_pope_{setting}.json" in message
     assert "They come from: https://github.com/RUCAIBox/POPE" in message
+    with pytest.raises(ConfigError) as error:
+        EvalPlan.make(config, "refcoco")  # three splits of the same two files: each named once
+    assert str(error.value).count("refs(unc).json") == str(error.value).count("instances.json") == 1
 
 
 def test_folder_data_sets_key_their_images_as_their_annotations_do():
