@@ -151,18 +151,18 @@ def evaluate(plan: EvalPlan, progress: bool = True, generator: Generator | None 
         result, out = plan.results[split], plan.out_dir(plan.results[split])
         out.mkdir(parents=True, exist_ok=True)
         predictions = predict(items, cache, rows, generator, out / PREDICTIONS, result, progress)
-        summary = {"benchmark": result, "task": bench.task, "split": split, "model": str(plan.model), "items": len(items)}
+        record = {"benchmark": result, "task": bench.task, "split": split, "model": str(plan.model), "items": len(items)}
         if bench.submission:  # nothing to score here, so no metrics.json for the table
             write_submission(items, predictions, out / SUBMISSION)
-            summary["submission"] = str(out / SUBMISSION)
+            record["submission"] = str(out / SUBMISSION)
         else:
             from lyrics.evaluate.scoring import score
 
-            summary["metrics"] = score(bench.task, items, predictions, meteor)
-            (out / METRICS).write_text(json.dumps(summary, indent=2) + "\n")
+            record["metrics"] = score(bench.task, items, predictions, meteor)
+            (out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
             if bench.task == "rec":
                 draw_rec_grid_of(out, cache, rows)
-        results.append(summary)
+        results.append(record)
     return results
 
 

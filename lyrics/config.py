@@ -32,6 +32,7 @@ class Strict(BaseModel):
 # --- data sources -------------------------------------------------------------------------------
 FolderKey = Literal["stem", "parent", "path"]  # an image folder's join key rule (data/image_folder.py)
 
+
 class DatasetConfig(Strict):
     format: Literal["webdataset", "folder"]
     # WebDataset: a brace pattern of tar shards. Folder: the image folder (data/image_folder.py).
