@@ -51,8 +51,9 @@ from typing import Any
 import torch
 
 from lyrics.config import ConfigError, PipelinesConfig, load_config
+from lyrics.data.webdataset import WebSample
 from lyrics.extract.checkpoints import ComponentSpec
-from lyrics.extract.images import ImageRejected, decode_image
+from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
 from lyrics.extract.job import ExtractJob, InputShard, run
 from lyrics.extract.cache_location import STAGES
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
@@ -144,11 +145,11 @@ def plan_job(config: PipelinesConfig, data: str, profile: str, cache_root: Path 
 
 
 def read_samples(shards: tuple[InputShard, ...]) -> list[Sample]:
-    return [Sample(shard.name, s.key, s.image_bytes) for shard in shards for s in shard.samples()]
+    return [Sample(shard.name, s.key, s.image_bytes) for shard in shards for s in shard.samples() if isinstance(s, WebSample)]
 
 
 # --- loops 1 and 2 ------------------------------------------------------------------------------------
-def run_loop(models: FrozenModels, samples: list[Sample], batch_size: int, max_pixels: int, device: torch.device) -> LoopResult:
+def run_loop(models: FrozenModels, samples: list[Sample], batch_size: int, limits: ImageLimits, device: torch.device) -> LoopResult:
     """Decode + preprocess + the four stages on chunks of up to ``batch_size`` images of one shard."""
     chunks: list[list[Sample]] = []
     for sample in samples:
@@ -165,7 +166,7 @@ def run_loop(models: FrozenModels, samples: list[Sample], batch_size: int, max_p
         decoded = []
         for sample in members:
             try:
-                decoded.append(decode_image(sample.data, max_pixels))
+                decoded.append(decode_image(sample.data, limits))
             except ImageRejected:
                 continue  # counted out of the images, as the job skips it
         if not decoded:
@@ -185,18 +186,18 @@ def run_loop(models: FrozenModels, samples: list[Sample], batch_size: int, max_p
 
 
 def in_process(
-    models: FrozenModels, samples: list[Sample], batch_size: int, max_pixels: int, device: torch.device, repeats: int
+    models: FrozenModels, samples: list[Sample], batch_size: int, limits: ImageLimits, device: torch.device, repeats: int
 ) -> dict[str, dict[str, Any]]:
     """Loops 1 and 2, each warmed up on WARMUP_IMAGES images, then ``repeats`` timed passes of each,
     alternated so that a drift in the machine's speed touches both; the median pass is reported."""
     sizes = {"per_image": 1, "batched": batch_size}
     for size in sizes.values():
-        run_loop(models, samples[:WARMUP_IMAGES], size, max_pixels, device)  # warm-up, not reported
+        run_loop(models, samples[:WARMUP_IMAGES], size, limits, device)  # warm-up, not reported
     passes: dict[str, list[LoopResult]] = {key: [] for key in sizes}
     for r in range(repeats):
         for key, size in sizes.items():
             print(f"{key.replace('_', '-')} loop{f' (pass {r + 1}/{repeats})' if repeats > 1 else ''} ...", flush=True)
-            passes[key].append(run_loop(models, samples, size, max_pixels, device))
+            passes[key].append(run_loop(models, samples, size, limits, device))
     out = {}
     for key, results in passes.items():
         median = sorted(results, key=lambda result: result.seconds)[(len(results) - 1) // 2]
@@ -417,7 +418,7 @@ def main() -> None:
             "runs": {},
         }
         print(f"{len(samples)} images in {len(job.shards)} shard(s); {results['machine']['cores']} cores, torch threads {torch.get_num_threads()}, {device}")
-        results["runs"].update(in_process(models, samples, settings.batch_size, settings.max_image_pixels, device, args.repeats))
+        results["runs"].update(in_process(models, samples, settings.batch_size, ImageLimits.of(settings), device, args.repeats))
         del models
         if not args.paper_random:
             print("Ray start-up alone, then the Ray job ...", flush=True)

@@ -107,7 +107,7 @@ def stream_batches(dataset: ConcatDataset, seed: int, batch: int, count: int) ->
         for example, row in zip(part.examples, part.rows, strict=True):
             source = json.loads(sources[row])
             examples.append((source["file"], source["key"], example.turns))
-    images = {(file, s.key): s for file in dict.fromkeys(e[0] for e in examples) for s in iter_shard(Path(file))}
+    images = {(file, s.key): s for file in dict.fromkeys(e[0] for e in examples) for s in iter_shard(Path(file)) if isinstance(s, WebSample)}
     picked = [examples[i] for i in itertools.islice(SampleStream(len(dataset), seed, 0, 1), count * batch)]
     return [([images[file, key] for file, key, _ in part], [turns for *_, turns in part]) for part in (picked[i : i + batch] for i in range(0, len(picked), batch))]
 

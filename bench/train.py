@@ -42,7 +42,7 @@ from torch.utils.data import ConcatDataset
 from lyrics.config import PipelinesConfig, PretrainRecipe, load_config
 from lyrics.data.webdataset import WebSample
 from lyrics.extract.cache_location import STAGES, cache_schema, extraction_settings
-from lyrics.extract.images import decode_image
+from lyrics.extract.images import ImageLimits, decode_image
 from lyrics.extract.job import TENSOR_KEYS, DecodeStage, store_rows
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 from lyrics.model.factory import mqformer_config
@@ -89,7 +89,7 @@ def online_batch(models: FrozenModels, images: list[WebSample], collate: Pretrai
     """Decode + preprocess, the four models (as the extraction), their outputs as rows with the keys of
     ``CacheDataset``'s items, the trainer's collate; adds each phase's seconds to ``phase``."""
     start = time.perf_counter()
-    decoded = [decode_image(sample.image_bytes, models.settings.max_image_pixels) for sample in images]
+    decoded = [decode_image(sample.image_bytes, ImageLimits.of(models.settings)) for sample in images]
     chunk = new_chunk([models.preprocess(image) for image in decoded], [image.size for image in decoded])
     phase["decode+preprocess"] += time.perf_counter() - start
     for name in STAGES:
@@ -141,7 +141,7 @@ def time_online(batches: list[list[WebSample]], models: FrozenModels, collate: P
 def stream_batches(config: PipelinesConfig, data: str, dataset: ConcatDataset, seed: int, batch: int, count: int) -> list[list[WebSample]]:
     """The loader's first ``count`` batches as shard samples: its indices -> (shard, key) of the rows of
     ``open_caches``' dataset (a Subset of a CacheDataset per cache) -> the sample, bytes read now."""
-    images = {(shard.name, s.key): s for shard in bench_extract.plan_job(config, data, "tiny").shards for s in shard.samples()}
+    images = {(shard.name, s.key): s for shard in bench_extract.plan_job(config, data, "tiny").shards for s in shard.samples() if isinstance(s, WebSample)}
     tables = [(part.dataset.rows(["shard", "key"]).to_pylist(), part.indices) for part in dataset.datasets]
     keys = [(rows[i]["shard"], rows[i]["key"]) for rows, indices in tables for i in indices]
     rows = [images[keys[i]] for i in itertools.islice(SampleStream(len(dataset), seed, 0, 1), count * batch)]

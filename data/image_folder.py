@@ -24,18 +24,9 @@ import pyarrow.parquet as pq
 
 from lyrics.config import FolderKey
 from lyrics.data.errors import DataFormatError
-from lyrics.data.webdataset import IMAGE_EXTENSIONS, WebSample
+from lyrics.data.webdataset import InputSkip, WebSample, image_extensions
 
 SHARD_SIZE = 1000  # images per virtual shard: a resumable unit of about a minute of GPU work
-
-
-@dataclass(frozen=True)
-class UnreadableFile:
-    """A listed file that could not be read (permissions, I/O error): a skip, not a failure of the shard."""
-
-    key: str
-    file: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -50,13 +41,14 @@ class FolderShard:
     def source(self) -> str:
         return f"{self.root} [{self.files[0]} .. {self.files[-1]}]"
 
-    def samples(self) -> Iterator[WebSample | UnreadableFile]:
+    def samples(self) -> Iterator[WebSample | InputSkip]:
+        """A sample per file; a file that cannot be read (permissions, I/O error) is a skip, not a failure of the shard."""
         for relative, key, caption in zip(self.files, self.keys, self.captions):
             path = Path(self.root) / relative
             try:
                 data = path.read_bytes()
             except OSError as error:
-                yield UnreadableFile(key, str(path), f"unreadable: {error.strerror or error}")
+                yield InputSkip(key, str(path), f"unreadable: {error.strerror or error}")
                 continue
             meta = {"url": relative, "sample_key": key}
             yield WebSample(key=key, shard=str(path), image_bytes=data, caption=caption, meta=meta)
@@ -78,10 +70,10 @@ def folder_shards(root: Path, rule: FolderKey = "stem", captions: Path | None = 
     files = sorted(
         str(path.relative_to(root).as_posix())
         for path in root.rglob("*")
-        if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and path.is_file()
+        if path.suffix.lower().lstrip(".") in image_extensions() and path.is_file()
     )
     if not files:
-        raise DataFormatError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataFormatError(f"{root}: no image files (no file with an extension Pillow opens: jpg, png, webp, gif, bmp, tif, ...)")
     keys = [folder_key(f, rule) for f in files]
     first: dict[str, str] = {}
     clashes = [f"{first[k]} and {f}" for f, k in zip(files, keys) if first.setdefault(k, f) != f]

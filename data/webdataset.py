@@ -1,20 +1,39 @@
 """Stream img2dataset WebDataset shards: tar files whose members `KEY.jpg`, `KEY.txt` (caption)
-and `KEY.json` (metadata) are adjacent, one group of members per sample."""
+and `KEY.json` (metadata) are adjacent, one group of members per sample.
+
+A shard is untrusted input, and one bad sample must cost only itself: reading a shard yields, in
+order, a `WebSample` or an `InputSkip` (key, file, reason) for every group of members it holds.
+A sample with no image, a key seen before in the shard (the first one is kept), a member name that
+leaves the shard (`../`, an absolute path), an unreadable caption or metadata member: each is a skip
+of its own. A damaged tar keeps everything read before the damage; the sample cut by it, and any
+bytes after it that are not tar members, are skips too.
+"""
 
 import glob
 import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cache
+from pathlib import Path, PurePosixPath
 
 from braceexpand import braceexpand
+from PIL import Image
 
 from lyrics.data.errors import DataFormatError
 
-# img2dataset writes one of these, depending on its `encode_format` option.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# What img2dataset writes, by its `encode_format` option: preferred when a sample has several images.
+IMG2DATASET_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Members that are never the image.
+TEXT_EXTENSIONS = frozenset({"txt", "json"})
 _GLOB_CHARACTERS = frozenset("*?[")
+
+
+@cache
+def image_extensions() -> frozenset[str]:
+    """Every file extension Pillow can open (gif, bmp, tif, ...), lower case, without the dot."""
+    Image.init()
+    return frozenset(ext.lstrip(".") for ext, fmt in Image.EXTENSION.items() if fmt in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,15 @@ class WebSample:
     image_bytes: bytes = field(repr=False)  # a repr of megabytes helps nobody
     caption: str | None
     meta: dict
+
+
+@dataclass(frozen=True)
+class InputSkip:
+    """An input that cannot become a sample; ``reason`` starts with a short category (``duplicate_key: ...``)."""
+
+    key: str
+    file: str
+    reason: str
 
 
 def expand_shards(pattern: str | Path) -> list[Path]:
@@ -57,74 +85,113 @@ class TarShard:
     def source(self) -> str:
         return str(self.path)
 
-    def samples(self) -> Iterator[WebSample]:
+    def samples(self) -> Iterator[WebSample | InputSkip]:
         return iter_shard(self.path)
 
 
 def iter_webdataset(pattern: str | Path) -> Iterator[WebSample]:
-    """Every sample of every shard that `pattern` expands to, in shard order."""
+    """Every readable sample of every shard that `pattern` expands to, in shard order (skips left out)."""
     for shard in expand_shards(pattern):
-        yield from iter_shard(shard)
+        yield from (sample for sample in iter_shard(shard) if isinstance(sample, WebSample))
 
 
-def iter_shard(shard: Path) -> Iterator[WebSample]:
-    """The samples of one tar shard, streamed (the tar is read once, front to back)."""
+def iter_shard(shard: Path) -> Iterator[WebSample | InputSkip]:
+    """A sample or a skip for every group of adjacent members of one tar, streamed (read once, front to back)."""
     seen: set[str] = set()
-    try:
-        with tarfile.open(shard, mode="r|*") as tar:
-            for key, members in _group_members(tar):
-                if key in seen:
-                    raise DataFormatError(f"{shard}: members of sample {key} are not adjacent")
-                seen.add(key)
-                yield _to_sample(shard, key, members)
-    except (tarfile.TarError, OSError) as error:
-        raise DataFormatError(f"{shard}: not a readable tar file ({error})") from error
-
-
-def _group_members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per run of adjacent members sharing a key."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    for member in tar:
-        if not member.isfile():
+    reader = _MemberGroups(shard)
+    for key, members in reader:
+        if key in seen:
+            yield InputSkip(key, f"{shard}:{key}", f"duplicate_key: sample {key} appeared earlier in this shard; the first is kept")
             continue
-        # WebDataset convention: the key ends at the first dot of the file name.
-        directory, _, name = member.name.rpartition("/")
-        stem, _, extension = name.partition(".")
-        member_key = f"{directory}/{stem}" if directory else stem
-        if member_key != key and key is not None:
+        seen.add(key)
+        yield _to_sample(shard, key, members)
+    yield from reader.damage()
+
+
+class _MemberGroups:
+    """(key, {extension: bytes}) per run of adjacent members sharing a key; after iterating, ``damage()``
+    lists what a damaged tar lost (the group the damage cut, and unreadable bytes after the last member)."""
+
+    def __init__(self, shard: Path) -> None:
+        self.shard = shard
+        self.lost: list[InputSkip] = []
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        key: str | None = None
+        members: dict[str, bytes] = {}
+        cut = False  # True while a member's data is being read: damage there cuts the sample `key`
+        offset = 0
+        try:
+            with tarfile.open(self.shard, mode="r|*") as tar:
+                for member in tar:
+                    offset = member.offset
+                    member_key, extension = _split_name(member.name)
+                    if member_key != key and key is not None:
+                        yield key, members
+                        members = {}
+                    key = member_key
+                    if member.isfile():  # links and folders carry no sample data
+                        cut = True
+                        members[extension.lower()] = tar.extractfile(member).read()
+                        cut = False
+                self._check_tail(tar)
+        except (tarfile.TarError, OSError, EOFError) as error:
+            if cut:
+                self.lost.append(InputSkip(key, f"{self.shard}:{key}", f"damaged_tar: sample {key} is cut by the damage ({error})"))
+            else:
+                self.lost.append(InputSkip(f"@{offset}", str(self.shard), f"damaged_tar: nothing after the member at byte {offset} could be read ({error})"))
+        if key is not None and not cut:
             yield key, members
-            members = {}
-        key = member_key
-        members[extension.lower()] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, members
+
+    def _check_tail(self, tar: tarfile.TarFile) -> None:
+        """Tar iteration stops quietly at a header it cannot parse: bytes after the end other than zero padding are lost data."""
+        offset, lost = tar.offset, 0
+        while block := tar.fileobj.read(1 << 20):
+            lost += len(block) - block.count(0)
+        if lost:
+            self.lost.append(InputSkip(f"@{offset}", str(self.shard), f"damaged_tar: {lost} bytes after byte {offset} are not tar members"))
+
+    def damage(self) -> list[InputSkip]:
+        return self.lost
 
 
-def _to_sample(shard: Path, key: str, members: dict[str, bytes]) -> WebSample:
-    image_bytes = next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
-    if image_bytes is None:
-        raise DataFormatError(
-            f"{shard}: sample {key} has no image member (one of {', '.join(IMAGE_EXTENSIONS)}); "
-            f"it has {', '.join(sorted(members))}"
-        )
-    caption = _decode_caption(shard, key, members["txt"]) if "txt" in members else None
-    meta = _parse_meta(shard, key, members["json"]) if "json" in members else {}
-    return WebSample(key=key, shard=str(shard), image_bytes=image_bytes, caption=caption, meta=meta)
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key ends at the first dot of the file name ("a/b.seg.png" -> ("a/b", "seg.png"))."""
+    directory, _, base = name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), extension
 
 
-def _decode_caption(shard: Path, key: str, raw: bytes) -> str:
+def _unsafe(key: str) -> bool:
+    path = PurePosixPath(key)
+    return path.is_absolute() or ".." in path.parts or "\\" in key or not key.strip("./")
+
+
+def _to_sample(shard: Path, key: str, members: dict[str, bytes]) -> WebSample | InputSkip:
+    where = f"{shard}:{key}"
+    if _unsafe(key):
+        return InputSkip(key, where, f"unsafe_key: member names of {key!r} leave the shard (absolute or '..')")
+    image = image_member(members)
+    if image is None:
+        return InputSkip(key, where, f"no_image: the sample has only {', '.join(sorted(members)) or 'non-file members'}")
     try:
-        return raw.decode("utf-8")
+        caption = members["txt"].decode("utf-8") if "txt" in members else None
     except UnicodeDecodeError as error:
-        raise DataFormatError(f"{shard}: {key}.txt is not UTF-8 text ({error})") from error
-
-
-def _parse_meta(shard: Path, key: str, raw: bytes) -> dict:
+        return InputSkip(key, where, f"bad_caption: {key}.txt is not UTF-8 text ({error})")
     try:
-        meta = json.loads(raw)
+        meta = json.loads(members["json"]) if "json" in members else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataFormatError(f"{shard}: {key}.json is not valid JSON ({error})") from error
+        return InputSkip(key, where, f"bad_metadata: {key}.json is not valid JSON ({error})")
     if not isinstance(meta, dict):
-        raise DataFormatError(f"{shard}: {key}.json is not a JSON object")
-    return meta
+        return InputSkip(key, where, f"bad_metadata: {key}.json is not a JSON object")
+    return WebSample(key=key, shard=str(shard), image_bytes=members[image], caption=caption, meta=meta)
+
+
+def image_member(members: dict[str, bytes]) -> str | None:
+    """The extension of the sample's image: img2dataset's first, then any format Pillow opens, then any
+    member that is not text (decoding decides what it is: the extension may lie)."""
+    for candidates in (IMG2DATASET_EXTENSIONS, sorted(image_extensions()), sorted(members)):
+        found = next((ext for ext in candidates if ext in members and ext not in TEXT_EXTENSIONS), None)
+        if found is not None:
+            return found
+    return None

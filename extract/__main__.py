@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from lyrics.config import ConfigError, load_config
-from lyrics.extract.job import ExtractJob, run
+from lyrics.extract.job import ExtractJob, RayConnectionError, run
+from lyrics.store import CacheMismatchError
 
 
 def main() -> None:
@@ -31,7 +32,10 @@ def main() -> None:
     except ConfigError as e:
         sys.exit(f"error: {e}")
     print(f"extract {job.dataset}: {len(job.shards)} shard(s), profile {job.profile} -> {job.cache_root}")
-    manifest = run(job)
+    try:
+        manifest = run(job)
+    except (CacheMismatchError, RayConnectionError) as e:
+        sys.exit(f"error: {e}")
     reasons = Counter(skip.reason.split(":")[0] for skip in manifest.skipped)
     print(f"rows {manifest.rows}, skipped {len(manifest.skipped)} {dict(reasons) or ''}".rstrip())
     for skip in manifest.skipped:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lyrics.config import PipelinesConfig
 from lyrics.extract.checkpoints import component_spec
-from lyrics.store import CacheSchema, lyrics_schema
+from lyrics.store import CacheSchema, StorageOptions, lyrics_schema
 
 CACHE_DIR = "cache"
 STAGES = ("clip", "ram", "gdino", "sam")  # the frozen models, in pipeline order
@@ -22,6 +23,15 @@ STAGES = ("clip", "ram", "gdino", "sam")  # the frozen models, in pipeline order
 def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
     """The settings that decide a cache's content (its identity, with the model fingerprints)."""
     return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size", "decode_workers", "actors"})}
+
+
+def storage_options(config: PipelinesConfig) -> StorageOptions:
+    return StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
+
+
+def recorded_settings(config: PipelinesConfig, profile: str) -> dict[str, dict[str, Any]]:
+    """The settings a manifest records (``extraction``, ``storage``) as this configuration would record them."""
+    return {"extraction": extraction_settings(config, profile), "storage": asdict(storage_options(config))}
 
 
 def default_cache_root(config: PipelinesConfig, dataset: str, profile: str) -> Path:

@@ -4,6 +4,10 @@ Every component is described by a ``ComponentSpec``: its architecture JSON (``ex
 its checkpoint in the real upstream format, and whether a missing checkpoint may be created with
 random weights (the ``tiny`` profile). A created checkpoint is written once, atomically, and then
 loaded back through the same loading code a real checkpoint goes through.
+
+A fingerprint always describes the weights: it hashes the checkpoint's content, created or real.
+A created checkpoint records its seed beside it (``<name>.seed``), and a profile with another
+seed refuses it instead of silently reusing it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lyrics.config import PipelinesConfig
+from lyrics.config import ConfigError, PipelinesConfig
 
 # Environment variable that overrides each component's checkpoint path in the paper profile.
 CHECKPOINT_ENV = {
@@ -48,33 +52,46 @@ class ComponentSpec:
         except json.JSONDecodeError as e:
             raise ValueError(f"{self.arch_path}: not valid JSON ({e})") from e
 
+    @property
+    def seed_file(self) -> Path:
+        return self.checkpoint.with_name(self.checkpoint.name + ".seed")
+
     def fingerprint(self) -> str:
-        """``seed:<seed>/arch:<hash>`` for random weights, else ``sha256:<checkpoint>/arch:<hash>``.
+        """``sha256:<checkpoint content>/arch:<hash>``; the checkpoint must exist (a created one included).
 
         The architecture file is part of it because it also holds preprocessing settings that
         change the features (input sizes, normalization) without touching the weights.
         """
         self.check_available()
+        if not self.checkpoint.exists():
+            raise FileNotFoundError(f"{self.checkpoint}: {self.name} checkpoint not created yet, so it has no fingerprint")
         arch_hash = hashlib.sha256(json.dumps(self.arch, sort_keys=True).encode()).hexdigest()[:16]
-        weights = f"seed:{self.seed}" if self.random_init else content_hash(self.checkpoint)
-        return f"{weights}/arch:{arch_hash}"
+        return f"{content_hash(self.checkpoint)}/arch:{arch_hash}"
 
     def check_available(self) -> None:
-        """Refuse a missing real checkpoint (the tiny profile creates its own)."""
+        """Refuse a missing real checkpoint (the tiny profile creates its own) and a created one of another seed."""
         if not self.random_init and not self.checkpoint.exists():
             env = CHECKPOINT_ENV.get(self.name)
             hint = f" (set {env} to its location)" if env else ""
             raise FileNotFoundError(f"{self.checkpoint}: {self.name} checkpoint not found{hint}")
+        if self.random_init and self.checkpoint.exists() and self.seed_file.is_file():
+            made_with = self.seed_file.read_text().strip()
+            if made_with != str(self.seed):
+                raise ConfigError(
+                    f"{self.checkpoint}: {self.name} checkpoint was made with random seed {made_with}, but the profile's seed is "
+                    f"{self.seed}; delete it (and {self.seed_file.name}) to recreate it, or give the profile another checkpoint path"
+                )
 
     def ensure_checkpoint(self, create: Callable[[Path], None]) -> Path:
         """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing."""
+        self.check_available()
         if self.checkpoint.exists():
             return self.checkpoint
-        self.check_available()
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
         try:
             create(tmp)
+            self.seed_file.write_text(f"{self.seed}\n")  # before the checkpoint appears: never a checkpoint without its seed
             os.replace(tmp, self.checkpoint)  # a folder or a file appears whole or not at all
         finally:
             if tmp.is_dir():

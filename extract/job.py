@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,18 +24,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lyrics.config import ConfigError, PipelinesConfig
+from lyrics.config import ConfigError, ExtractionConfig, PipelinesConfig
 from lyrics.data.errors import DataFormatError
-from lyrics.data.image_folder import FolderShard, UnreadableFile, folder_shards
-from lyrics.data.webdataset import TarShard, expand_shards
-from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints
+from lyrics.data.image_folder import FolderShard, folder_shards
+from lyrics.data.webdataset import InputSkip, TarShard, WebSample, expand_shards
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
 from lyrics.extract.checkpoints import component_spec
-from lyrics.extract.images import ImageRejected, decode_image
-from lyrics.extract.refiner import Chunk, load_stage, new_chunk, preprocessors, run_stage
-from lyrics.store import CacheIdentity, CacheWriter, Manifest, StorageOptions, sample_id
+from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
+from lyrics.extract.refiner import Chunk, ensure_checkpoints, load_stage, merge_images, new_chunk, preprocessors, run_stage, select_images
+from lyrics.store import CacheIdentity, CacheWriter, Manifest, check_resumable, committed_shards, sample_id
 
 
 InputShard = TarShard | FolderShard  # each becomes the cache shard of the same name
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,17 @@ class ExtractJob:
     def plan(cls, config: PipelinesConfig, dataset: str, profile: str | None = None, cache_root: Path | None = None) -> ExtractJob:
         profile = profile or config.extraction.profile
         config.profile(profile)  # unknown profile: refused now, naming the file
+        missing = []
         for name in STAGES:
             try:
                 component_spec(config, profile, name).check_available()
             except FileNotFoundError as e:
-                raise ConfigError(f"profile {profile!r}: {e}") from None
-        return cls(config, dataset, profile, input_shards(config, dataset), cache_root or default_cache_root(config, dataset, profile))
+                missing.append(str(e))
+        if missing:
+            raise ConfigError(f"{config.source}: profile {profile!r}: " + "\n  ".join(["checkpoints missing:", *missing]))
+        shards = input_shards(config, dataset)
+        ensure_checkpoints(config, profile)
+        return cls(config, dataset, profile, shards, cache_root or default_cache_root(config, dataset, profile))
 
 
 def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...]:
@@ -70,59 +77,67 @@ def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...
         return tuple(TarShard(shard) for shard in expand_shards(path))
     except DataFormatError as e:
         raise ConfigError(
-            f"dataset {dataset!r}: its {source.format} input is not usable ({e}).\n"
+            f"{config.source}: dataset {dataset!r}: its {source.format} input is not usable ({e}).\n"
             f"  Looked at: {path}\n  It is produced by: {source.produced_by}"
         ) from None
 
 
 # --- stage 1: read, decode once, preprocess for every model (CPU tasks) -----------------------------
 class DecodeStage:
-    """Turns one input shard into chunks of preprocessed images; undecodable inputs become skips."""
+    """Turns one input shard into chunks of preprocessed images; every input is a row or a skip."""
 
     def __init__(self, config: PipelinesConfig, profile: str, dataset: str, shards: tuple[InputShard, ...]) -> None:
         self.shards = shards
         self.preprocessors = preprocessors(config, profile)
-        self.max_pixels = config.extraction.max_image_pixels
+        self.limits = ImageLimits.of(config.extraction)
         self.batch_size = config.extraction.batch_size
         self.dataset = dataset
 
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         shard = self.shards[item["shard"]]
         name = shard.name
-        samples, skips = [], []
+        samples, skips, inputs = [], [], 0
         chunks: list[list[dict[str, Any]]] = []
-        try:
-            for sample in shard.samples():
-                if isinstance(sample, UnreadableFile):
-                    skips.append({"id": sample_id(self.dataset, name, sample.key), "file": sample.file, "reason": sample.reason})
-                    continue
-                uid = sample_id(self.dataset, name, sample.key)
-                try:
-                    image = decode_image(sample.image_bytes, self.max_pixels)
-                except ImageRejected as e:
-                    skips.append({"id": uid, "file": f"{sample.shard}:{sample.key}", "reason": str(e)})
-                    continue
-                samples.append({"id": uid, "key": sample.key, "file": sample.shard, "caption": sample.caption, "meta": sample.meta, "image": image})
-                if len(samples) == self.batch_size:
-                    chunks.append(samples)
-                    samples = []
-        except DataFormatError as e:
-            # A damaged tar: keep what was read before the damage, record the rest as one skip.
-            skips.append({"id": sample_id(self.dataset, name, "*"), "file": shard.source, "reason": f"corrupt_shard: {e}"})
+        for sample in shard.samples():
+            inputs += 1
+            uid = sample_id(self.dataset, name, sample.key)
+            if isinstance(sample, InputSkip):
+                skips.append({"id": uid, "file": sample.file, "reason": sample.reason})
+                continue
+            try:
+                member = self._prepare(sample)
+            except ImageRejected as e:
+                skips.append({"id": uid, "file": f"{sample.shard}:{sample.key}", "reason": str(e)})
+                continue
+            samples.append({"id": uid, "key": sample.key, "file": sample.shard, "caption": sample.caption, "meta": sample.meta, **member})
+            if len(samples) == self.batch_size:
+                chunks.append(samples)
+                samples = []
         if samples or not chunks:
             chunks.append(samples)
         for index, members in enumerate(chunks):
             last = index == len(chunks) - 1
             record = {"shard": name, "source": shard.source, "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
-            record["skips"] = skips if last else []
+            # The shard's totals travel with its last chunk: the writer checks rows + skips = inputs.
+            record["skips"], record["inputs"] = (skips, inputs) if last else ([], 0)
             if members:
-                pixels = [{name: prep(m["image"]) for name, prep in self.preprocessors.items()} for m in members]
-                record.update(new_chunk(pixels, [m["image"].size for m in members]))
+                record.update(new_chunk([m["pixels"] for m in members], [m["size"] for m in members]))
             yield {"record": record}
+
+    def _prepare(self, sample: WebSample) -> dict[str, Any]:
+        """The upright image's size and every model's input; a model's preprocessing that fails is a skip."""
+        image = decode_image(sample.image_bytes, self.limits)
+        pixels = {}
+        for model, prepare in self.preprocessors.items():
+            try:
+                pixels[model] = prepare(image)
+            except Exception as e:  # noqa: BLE001 - one image's failure is that image's skip
+                raise ImageRejected("preprocess_failed", f"{model}: {type(e).__name__}: {e}") from None
+        return {"size": image.size, "pixels": pixels}
 
 
 def _row_fields(member: dict[str, Any]) -> dict[str, Any]:
-    width, height = member["image"].size
+    width, height = member["size"]
     return {"id": member["id"], "key": member["key"], "file": member["file"], "caption": member["caption"], "meta": member["meta"], "width": width, "height": height}
 
 
@@ -140,8 +155,30 @@ class ModelStage:
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         record: Chunk = item["record"]
         if record["rows"]:
-            record = run_stage(self.name, self.model, record, self.settings)
+            record = run_stage_skipping_failures(self.name, self.model, record, self.settings)
         return {"record": record}
+
+
+def run_stage_skipping_failures(name: str, model: Any, record: Chunk, settings: ExtractionConfig) -> Chunk:
+    """``run_stage`` on the chunk; if it fails, image by image, so that only the images it fails on
+    become skips (``model_failed: <stage>: <error>``) and the others go on."""
+    try:
+        return run_stage(name, model, dict(record), settings)  # a copy: run_stage pops its inputs
+    except Exception:  # noqa: BLE001 - find the image(s) at fault below
+        if len(record["rows"]) == 1:
+            raise
+    done, failed = [], []
+    for index in range(len(record["rows"])):
+        single = select_images(record, [index])
+        try:
+            done.append(run_stage(name, model, single, settings))
+        except Exception as e:  # noqa: BLE001 - this image's skip, not the job's end
+            row = record["rows"][index]
+            log.warning("%s failed on %s: %s: %s", name, row["id"], type(e).__name__, e)
+            failed.append({"id": row["id"], "file": f"{row['file']}:{row['key']}", "reason": f"model_failed: {name}: {type(e).__name__}: {e}"})
+    merged = merge_images(record, done)
+    merged["skips"] = record["skips"] + failed
+    return merged
 
 
 # --- stage 3: rows for the store, written by the driver -----------------------------------------------
@@ -176,20 +213,64 @@ def run(job: ExtractJob, progress: bool = True) -> Manifest:
     """Extract every shard not yet committed, then finalize the manifest."""
     config = job.config
     schema = cache_schema(config, job.profile)
-    storage = StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
-    identity = CacheIdentity(schema, storage, extraction_settings(config, job.profile), fingerprints(config, job.profile))
+    identity = CacheIdentity(schema, storage_options(config), extraction_settings(config, job.profile), fingerprints(config, job.profile))
+    check_resumable(job.cache_root, identity)
+    done = committed_shards(job.cache_root)
+    todo = [i for i, s in enumerate(job.shards) if s.name not in done]
+    if todo:
+        connect_ray()  # before the cache root exists: a failed connection leaves nothing behind
     writer = CacheWriter(job.cache_root, identity)
-    todo = [i for i, s in enumerate(job.shards) if s.name not in writer.committed()]
     if todo:
         _run_ray(job, writer, todo, progress)
     return writer.finalize(extra=_summary(writer, job))
 
 
-def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool) -> None:
+class RayConnectionError(RuntimeError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined."""
+
+
+def connect_ray() -> None:
+    """``ray.init()``: a local Ray, or the cluster at ``RAY_ADDRESS``.
+
+    Ray 2.60 turns token authentication on when it finds a token (``~/.ray/auth_token``, which the
+    first local Ray writes): a head started on such a machine refuses clients that do not send it.
+    So with a token here and ``RAY_AUTH_MODE`` unset, this job joins in token mode (a cluster
+    without authentication accepts that too). The address is probed first: Ray itself retries an
+    unreachable one for minutes.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError) as e:
+            raise RayConnectionError(f"RAY_ADDRESS={address}: no Ray head answers there ({e}); start it with `ray start --head`") from None
+        if "RAY_AUTH_MODE" not in os.environ and _ray_token_available():
+            os.environ["RAY_AUTH_MODE"] = "token"  # before `import ray`: Ray reads it once, at import
     import ray  # imported here: `import ray` costs seconds that planning and errors should not pay
+
+    # Local Ray says, as a warning, that it turned token authentication on: nothing for the user to do.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+    except Exception as e:  # noqa: BLE001 - Ray raises several types (AuthenticationError, ConnectionError, ...)
+        mode = os.environ.get("RAY_AUTH_MODE", "<unset>")
+        raise RayConnectionError(
+            f"RAY_ADDRESS={address or '<local>'}: could not join the Ray cluster ({type(e).__name__}: {str(e).splitlines()[0][:300]}).\n"
+            f"  RAY_AUTH_MODE here is {mode}: with token authentication this machine needs the head's token "
+            "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); on a trusted network set RAY_AUTH_MODE=disabled "
+            "on the head, every node and this job"
+        ) from None
+
+
+def _ray_token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool) -> None:
     import ray.data
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar reports progress; keep Ray's plan logs in its files
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # chunks arrive in shard order: commit as we go
@@ -227,7 +308,7 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bo
         bar.update(len(record["rows"]))
         bar.set_postfix(rows_per_s=f"{counts['rows'] / (time.perf_counter() - start):.2f}", skipped=counts["skipped"])
         if record["last"]:
-            shard_writer.commit()
+            shard_writer.commit(inputs=record["inputs"])
             shard_writer = None
     bar.close()
 

@@ -18,6 +18,7 @@ from PIL import Image
 from lyrics.config import ExtractionConfig, PipelinesConfig
 from lyrics.extract.cache_location import STAGES
 from lyrics.extract.checkpoints import component_spec
+from lyrics.extract import clip, grounding_dino, ram_plus, sam_hq
 from lyrics.extract.clip import ClipPreprocess, ClipVision, load_clip
 from lyrics.extract.grounding_dino import GdinoPreprocess, GroundingDino, load_grounding_dino
 from lyrics.extract.ram_plus import RamPlusTagger, RamPreprocess, load_ram_plus
@@ -27,6 +28,12 @@ from lyrics.store.codecs import select_top_q
 
 Chunk = dict[str, Any]
 LOADERS = {"clip": load_clip, "ram": load_ram_plus, "gdino": load_grounding_dino, "sam": load_sam_hq}
+RANDOM_CHECKPOINT_WRITERS = {
+    "clip": clip.write_random_checkpoint,
+    "ram": ram_plus.write_random_checkpoint,
+    "gdino": grounding_dino.write_random_checkpoint,
+    "sam": sam_hq.write_random_checkpoint,
+}
 # Each model's preprocessing, built from its architecture file alone (no weights): the job's CPU
 # decode workers run these; the loaded models use the very same classes.
 PREPROCESSORS: dict[str, Callable[[dict[str, Any]], Callable[[Image.Image], torch.Tensor]]] = {
@@ -41,6 +48,14 @@ def load_stage(config: PipelinesConfig, profile: str, name: str, device: str | N
     """One frozen model of a profile, on ``device`` (default: cuda when available)."""
     model = LOADERS[name](component_spec(config, profile, name))
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def ensure_checkpoints(config: PipelinesConfig, profile: str) -> None:
+    """Create a random-init profile's missing checkpoints now, in this process, so that the manifest's
+    fingerprints hash the very weights the job's actors will load (real checkpoints must exist)."""
+    for name in STAGES:
+        spec = component_spec(config, profile, name)
+        spec.ensure_checkpoint(lambda tmp, spec=spec: RANDOM_CHECKPOINT_WRITERS[spec.name](spec.arch, spec.seed, tmp))
 
 
 def preprocessors(config: PipelinesConfig, profile: str) -> dict[str, Callable[[Image.Image], torch.Tensor]]:
@@ -78,6 +93,41 @@ def new_chunk(pixels: list[dict[str, torch.Tensor]], sizes: list[tuple[int, int]
         "gdino_pixels": [p["gdino"] for p in pixels],
         "sam_pixels": torch.stack([p["sam"] for p in pixels]),
     }
+
+
+# Fields of a chunk that describe the chunk itself; every other field holds one entry per image.
+CHUNK_FIELDS = frozenset({"shard", "source", "chunk", "last", "skips", "inputs"})
+
+
+def select_images(chunk: Chunk, indices: list[int]) -> Chunk:
+    """The chunk of the images at ``indices`` (their inputs and whatever outputs the chunk holds so far)."""
+    selected = {}
+    for key, value in chunk.items():
+        if key in CHUNK_FIELDS:
+            selected[key] = value
+        elif isinstance(value, (torch.Tensor, np.ndarray)):
+            selected[key] = value[indices]
+        else:
+            selected[key] = [value[i] for i in indices]
+    return selected
+
+
+def merge_images(chunk: Chunk, parts: list[Chunk]) -> Chunk:
+    """One chunk of the images of ``parts`` in their order (chunk-level fields from ``chunk``); no parts: no images."""
+    if not parts:
+        return {key: value for key, value in chunk.items() if key in CHUNK_FIELDS} | {"rows": []}
+    merged = {key: chunk[key] for key in CHUNK_FIELDS if key in chunk}
+    for key, value in parts[0].items():
+        if key in CHUNK_FIELDS:
+            continue
+        values = [part[key] for part in parts]
+        if isinstance(value, torch.Tensor):
+            merged[key] = torch.cat(values)
+        elif isinstance(value, np.ndarray):
+            merged[key] = np.concatenate(values)
+        else:
+            merged[key] = [entry for part in values for entry in part]
+    return merged
 
 
 def run_stage(name: str, model: Any, chunk: Chunk, settings: ExtractionConfig) -> Chunk:

@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 
 from lyrics.config import ConfigError, load_config  # noqa: E402
 from lyrics.evaluate.assistant import Assistant, with_image  # noqa: E402
-from lyrics.extract.images import ImageRejected, decode_image  # noqa: E402
+from lyrics.extract.images import ImageLimits, ImageRejected, decode_image  # noqa: E402
 from lyrics.extract.refiner import Refined  # noqa: E402
 from lyrics.extract.show import draw_item  # noqa: E402
 from lyrics.spatial_text import format_box  # noqa: E402
@@ -133,7 +133,7 @@ def main() -> None:
         config = load_config(args.config)
         profile = args.profile or config.training.profile
         model = args.model or config.path(config.training.runs) / f"finetune-{profile}" / "lyrics"
-        image = decode_image(args.image.read_bytes(), config.extraction.max_image_pixels)  # upright RGB
+        image = decode_image(args.image.read_bytes(), ImageLimits.of(config.extraction))  # upright RGB
         assistant = Assistant.load(config, model, profile)
     except ImageRejected as e:
         sys.exit(f"error: {args.image}: {e}")

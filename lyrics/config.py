@@ -39,8 +39,16 @@ class DatasetConfig(Strict):
     path: str
     captions: str | None = Field(None, description="folder format: JSONL or Parquet with `image`, `caption`")
     key: FolderKey = Field("stem", description="folder format: join key of an image: its file stem, parent folder or relative path")
-    # How the files come to exist; shown in the error when they are missing.
-    produced_by: str = "img2dataset --output_format webdataset"
+    # How the files come to exist; shown in the error when they are missing (default: by format).
+    produced_by: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_origin(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and not raw.get("produced_by"):
+            origin = {"webdataset": "img2dataset --output_format webdataset", "folder": "the data set's images, unpacked into this folder"}
+            raw = {**raw, "produced_by": origin.get(raw.get("format"), "")}
+        return raw
 
 
 # --- model profiles -----------------------------------------------------------------------------
@@ -93,6 +101,9 @@ class ExtractionConfig(Strict):
         return self
     max_objects: int = Field(32, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit, checked before decoding")
+    # Shapes no model can take are skipped before decoding (extract/images.py explains the defaults).
+    min_image_side: int = Field(8, ge=1, description="pixels; a smaller side is skipped as too_small")
+    max_aspect_ratio: float = Field(50.0, ge=1, description="long side / short side; beyond it an image is skipped")
     storage: StorageConfig = StorageConfig()
     detection: DetectionConfig = DetectionConfig()
 

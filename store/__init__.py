@@ -4,7 +4,7 @@ from lyrics.store.codecs import StorageOptions
 from lyrics.store.manifest import CacheIdentity, Manifest, ShardRecord, Skip, read_manifest
 from lyrics.store.reader import CacheDataset, CacheExpectation, ShardShuffleSampler, pad_collate
 from lyrics.store.schema import ROW_COLUMNS, SCHEMA_VERSION, CacheSchema, TensorField, lyrics_schema, sample_id
-from lyrics.store.writer import CacheMismatchError, CacheWriter, ShardWriter
+from lyrics.store.writer import CacheIncompleteError, CacheMismatchError, CacheWriter, ShardWriter, check_resumable, committed_shards
 
 __all__ = [
     "ROW_COLUMNS",
@@ -12,6 +12,7 @@ __all__ = [
     "CacheDataset",
     "CacheExpectation",
     "CacheIdentity",
+    "CacheIncompleteError",
     "CacheMismatchError",
     "CacheSchema",
     "CacheWriter",
@@ -22,6 +23,8 @@ __all__ = [
     "Skip",
     "StorageOptions",
     "TensorField",
+    "check_resumable",
+    "committed_shards",
     "lyrics_schema",
     "read_manifest",
     "sample_id",

@@ -30,17 +30,24 @@ class Skip:
 
 @dataclass(frozen=True)
 class ShardRecord:
+    """A committed shard: its ``inputs`` (samples read from its source) are its ``rows`` plus its skips."""
+
     name: str
     source: str
     rows: int
     skipped: tuple[Skip, ...] = ()
+    inputs: int | None = None  # None: not counted by the writer (defaults to rows + skips)
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            object.__setattr__(self, "inputs", self.rows + len(self.skipped))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "rows": self.rows, "skipped": [asdict(s) for s in self.skipped]}
+        return {"name": self.name, "source": self.source, "inputs": self.inputs, "rows": self.rows, "skipped": [asdict(s) for s in self.skipped]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardRecord:
-        return cls(data["name"], data["source"], int(data["rows"]), tuple(Skip(**s) for s in data["skipped"]))
+        return cls(data["name"], data["source"], int(data["rows"]), tuple(Skip(**s) for s in data["skipped"]), data.get("inputs"))
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class Manifest:
         return {
             "schema_version": self.identity.schema.version,
             "complete": self.complete,
+            "inputs": sum(s.inputs for s in self.shards),
             "rows": self.rows,
             "skipped_count": len(self.skipped),
             **self.identity.to_json(),

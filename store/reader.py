@@ -7,6 +7,8 @@ opens its own. Nothing is unpickled: rows come from Parquet, tensors from Zarr.
 from __future__ import annotations
 
 import bisect
+import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,18 +26,51 @@ from torch.utils.data import Dataset, Sampler
 from lyrics.store.codecs import SCALE_SUFFIX, dequantize_int8
 from lyrics.store.manifest import Manifest, read_manifest
 from lyrics.store.schema import SCHEMA_VERSION
-from lyrics.store.writer import ROWS_NAME, SHARDS_DIR, TENSORS_NAME, CacheMismatchError
+from lyrics.store.writer import ROWS_NAME, SHARDS_DIR, TENSORS_NAME, CacheIncompleteError, CacheMismatchError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CacheExpectation:
-    """What the consumer (a trainer, an evaluation) needs the cache to be."""
+    """What the consumer (a trainer, an evaluation) needs the cache to be.
+
+    ``settings``: the extraction settings it would extract with now (``extraction`` and ``storage``
+    as a manifest records them); a cache made with others is refused, naming each difference,
+    unless ``accept_other_settings`` (then the differences are logged as a warning).
+    """
 
     schema_version: int = SCHEMA_VERSION
     fingerprints: Mapping[str, str] | None = None
     tensor_shapes: Mapping[str, tuple[int, ...]] | None = None
+    settings: Mapping[str, Mapping[str, Any]] | None = None
+    accept_other_settings: bool = False
 
     def check(self, root: Path, manifest: Manifest) -> None:
+        problems = self._fixed_problems(manifest)
+        differences = self._setting_differences(manifest)
+        if differences and self.accept_other_settings:
+            log.warning("%s: accepted although extracted with other settings:\n  %s", root, "\n  ".join(differences))
+        elif differences:
+            problems += differences
+            problems.append("(pass --accept-cache-settings to train on it knowingly)")
+        if problems:
+            raise CacheMismatchError(
+                f"{root}: the cache does not match the model that wants to read it "
+                "(re-extract with the matching profile or point at the right cache):\n  " + "\n  ".join(problems)
+            )
+
+    def _setting_differences(self, manifest: Manifest) -> list[str]:
+        recorded = manifest.identity.to_json()
+        found = _flatten({section: recorded.get(section, {}) for section in self.settings or {}})
+        wanted = _flatten(dict(self.settings or {}))
+        return [
+            f"{key}: cache {json.dumps(found.get(key, '<absent>'))}, expected {json.dumps(wanted.get(key, '<absent>'))}"
+            for key in sorted(set(found) | set(wanted))
+            if found.get(key, "<absent>") != wanted.get(key, "<absent>")
+        ]
+
+    def _fixed_problems(self, manifest: Manifest) -> list[str]:
         problems = []
         if manifest.identity.schema.version != self.schema_version:
             problems.append(f"schema version: cache {manifest.identity.schema.version}, expected {self.schema_version}")
@@ -47,11 +82,18 @@ class CacheExpectation:
         for name, wanted_shape in sorted((self.tensor_shapes or {}).items()):
             if shapes.get(name) != tuple(wanted_shape):
                 problems.append(f"shape of {name}: cache {shapes.get(name, '<absent>')}, expected {tuple(wanted_shape)}")
-        if problems:
-            raise CacheMismatchError(
-                f"{root}: the cache does not match the model that wants to read it "
-                "(re-extract with the matching profile or point at the right cache):\n  " + "\n  ".join(problems)
-            )
+        return problems
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, so that a difference names the one setting that differs."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class _OpenShard:
@@ -74,7 +116,7 @@ class CacheDataset(Dataset):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         if not self.manifest.complete:
-            raise RuntimeError(f"{self.root}: the cache is incomplete (its extraction has not finished); run the extract phase again to resume it")
+            raise CacheIncompleteError(f"{self.root}: the cache is incomplete (its extraction has not finished); run the extract phase again to resume it")
         (expect or CacheExpectation()).check(self.root, self.manifest)
         schema_fields = self.manifest.identity.schema.tensors
         names = [f.name for f in schema_fields]

@@ -52,6 +52,10 @@ class CacheMismatchError(ValueError):
     """The cache on disk was built differently from what the caller expects."""
 
 
+class CacheIncompleteError(CacheMismatchError):
+    """The cache's extraction has not finished: it cannot serve a consumer any more than a mismatched one."""
+
+
 def _identity_mismatches(found: CacheIdentity, wanted: CacheIdentity) -> list[str]:
     found_json, wanted_json = found.to_json(), wanted.to_json()
     return [
@@ -62,6 +66,25 @@ def _identity_mismatches(found: CacheIdentity, wanted: CacheIdentity) -> list[st
     ]
 
 
+def check_resumable(root: Path, identity: CacheIdentity) -> None:
+    """Refuse to add to an existing cache built with other settings (reads only; creates nothing)."""
+    if (root / MANIFEST_NAME).exists():
+        problems = _identity_mismatches(read_manifest(root).identity, identity)
+        if problems:
+            raise CacheMismatchError(
+                f"{root}: this cache was built with different settings, so it cannot be "
+                "resumed; use another cache root or delete it.\n  " + "\n  ".join(problems)
+            )
+
+
+def committed_shards(root: Path) -> set[str]:
+    """Names of the shards committed under a cache root (none when it does not exist yet)."""
+    shards_dir = root / SHARDS_DIR
+    if not shards_dir.is_dir():
+        return set()
+    return {p.name for p in shards_dir.iterdir() if (p / SHARD_META_NAME).is_file() and not p.name.startswith(".")}
+
+
 class CacheWriter:
     """Opens (or resumes) a cache root for writing."""
 
@@ -69,21 +92,15 @@ class CacheWriter:
         self.root = Path(root)
         self.identity = identity
         self.shards_dir = self.root / SHARDS_DIR
+        check_resumable(self.root, identity)
         self.shards_dir.mkdir(parents=True, exist_ok=True)
-        if (self.root / MANIFEST_NAME).exists():
-            problems = _identity_mismatches(read_manifest(self.root).identity, identity)
-            if problems:
-                raise CacheMismatchError(
-                    f"{self.root}: this cache was built with different settings, so it cannot be "
-                    "resumed; use another cache root or delete it.\n  " + "\n  ".join(problems)
-                )
-        else:
+        if not (self.root / MANIFEST_NAME).exists():
             write_json_atomic(self.root / MANIFEST_NAME, Manifest(identity).to_json())
         for partial in self.shards_dir.glob(TMP_PREFIX + "*"):
             shutil.rmtree(partial)  # a shard whose writer died before commit: redo it
 
     def committed(self) -> set[str]:
-        return {p.name for p in self.shards_dir.iterdir() if (p / SHARD_META_NAME).is_file() and not p.name.startswith(".")}
+        return committed_shards(self.root)
 
     def open_shard(self, name: str, source: str) -> ShardWriter:
         if not _SHARD_NAME.match(name):
@@ -161,10 +178,13 @@ class ShardWriter:
     def skip(self, id: str, file: str, reason: str) -> None:
         self.skipped.append(Skip(id=id, file=file, reason=reason))
 
-    def commit(self) -> ShardRecord:
+    def commit(self, inputs: int | None = None) -> ShardRecord:
+        """Make the shard visible; ``inputs`` (samples read from the source) must equal rows + skips."""
+        if inputs is not None and inputs != self.rows + len(self.skipped):
+            raise ValueError(f"shard {self.name}: {inputs} inputs but {self.rows} rows + {len(self.skipped)} skips; nothing may vanish")
         table = pa.Table.from_batches(self.batches, schema=ROW_SCHEMA)
         pq.write_table(table, self.tmp / ROWS_NAME, compression="zstd")
-        record = ShardRecord(self.name, self.source, self.rows, tuple(self.skipped))
+        record = ShardRecord(self.name, self.source, self.rows, tuple(self.skipped), inputs)
         write_json_atomic(self.tmp / SHARD_META_NAME, record.to_json())
         os.rename(self.tmp, self.final)  # atomic on POSIX: the shard appears whole or not at all
         return record

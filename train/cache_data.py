@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from transformers import PreTrainedTokenizerBase
 
 from lyrics.config import PipelinesConfig
-from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, recorded_settings
 from lyrics.extract.checkpoints import component_spec
 from lyrics.store import CacheDataset, CacheExpectation, ShardShuffleSampler
 from lyrics.train.objectives import ImageInputs, PretrainBatch
@@ -32,21 +32,24 @@ log = logging.getLogger(__name__)
 PRETRAIN_FIELDS = ("vit_tokens", "gdino_tokens", "sam_tokens", "sam_mask")
 
 
-def cache_expectation(config: PipelinesConfig, profile: str) -> CacheExpectation:
-    """The schema and shapes of the profile's cache, and the fingerprints of the frozen models it was made with.
+def cache_expectation(config: PipelinesConfig, profile: str, accept_other_settings: bool = False) -> CacheExpectation:
+    """The schema and shapes of the profile's cache, the fingerprints of the frozen models it was made with,
+    and the extraction settings it was made with (others are refused unless ``accept_other_settings``).
 
-    A real checkpoint that is absent on this machine (training away from the extraction cluster) cannot
+    A checkpoint that is absent on this machine (training away from the extraction cluster) cannot
     be fingerprinted; it is left out of the check, with a warning.
     """
     prints = {}
     for name in STAGES:
         spec = component_spec(config, profile, name)
-        if spec.random_init or spec.checkpoint.exists():
+        if spec.checkpoint.exists():
             prints[name] = spec.fingerprint()
         else:
             log.warning("%s: checkpoint absent here, the cache's %s fingerprint is not checked", spec.checkpoint, name)
     shapes = {f.name: f.shape for f in cache_schema(config, profile).tensors if f.name in PRETRAIN_FIELDS}
-    return CacheExpectation(fingerprints=prints, tensor_shapes=shapes)
+    return CacheExpectation(
+        fingerprints=prints, tensor_shapes=shapes, settings=recorded_settings(config, profile), accept_other_settings=accept_other_settings
+    )
 
 
 def cache_roots(config: PipelinesConfig, profile: str, datasets: Sequence[str]) -> list[Path]:

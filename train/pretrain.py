@@ -1,11 +1,12 @@
 """`make pretrain`: stage 1, the MQ-Former's ITC + ITM + ICG + MSP from the extraction cache.
 
-    python -m lyrics.train.pretrain [--profile tiny] [--data sample ...] [--cache DIR ...] [--steps N]
+    python -m lyrics.train.pretrain [--profile tiny] [--data sample ...] [--cache DIR ...] [--accept-cache-settings] [--steps N]
                                     [--no-grounding-queries] [--no-spatial-representation]
                                     [--run DIR] [--restart] [--config pipelines.yaml]
 
 Everything is checked before training starts: the caches exist, are complete and match the
-profile's frozen models; the MQ-Former fits the cache; the batch divides over the processes; a
+profile's frozen models and extraction settings (``--accept-cache-settings`` takes a cache made with
+other thresholds or storage knowingly); the MQ-Former fits the cache; the batch divides over the processes; a
 resumed run has the settings it was started with. A rerun resumes from the run's last checkpoint
 (the same data order and random draws as an uninterrupted run); ``--restart`` starts over.
 
@@ -113,10 +114,13 @@ class Prepared:
     resume: Path | None
 
 
-def prepare(plan: PretrainPlan, restart: bool = False) -> Prepared:
-    """The checks that read files (the run's settings, the caches) and the initial model; no training yet."""
+def prepare(plan: PretrainPlan, restart: bool = False, accept_cache_settings: bool = False) -> Prepared:
+    """The checks that read files (the run's settings, the caches) and the initial model; no training yet.
+
+    A cache extracted with other settings than the configuration's is refused unless ``accept_cache_settings``."""
     resume = start_run(plan.run_dir, plan.identity(), restart)
-    dataset = open_caches(plan.caches, cache_expectation(plan.config, plan.profile))  # refuses a mismatched cache, naming it
+    expect = cache_expectation(plan.config, plan.profile, accept_cache_settings)
+    dataset = open_caches(plan.caches, expect)  # refuses a mismatched cache, naming it
     settings = plan.settings
     init = build_stage1_model(plan.config, plan.profile, settings.grounding_queries, settings.spatial_representation, plan.recipe.seed)
     return Prepared(dataset, init, resume)
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--profile", help="model profile (default: training.profile)")
     parser.add_argument("--data", nargs="+", help="cached data sets (default: training.pretrain.data)")
     parser.add_argument("--cache", nargs="+", type=Path, help="cache roots, instead of the data sets' default ones")
+    parser.add_argument("--accept-cache-settings", action="store_true", help="train on caches extracted with other settings (thresholds, storage, ...)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--no-grounding-queries", action="store_true", help="Table 4 ablation: visual queries only")
     parser.add_argument("--no-spatial-representation", action="store_true", help="Table 4 ablation: no spatial text (and no MSP)")
@@ -169,7 +174,7 @@ def main() -> None:
             False if args.no_spatial_representation else None,
             args.run,
         )
-        prepared = prepare(plan, restart=args.restart)
+        prepared = prepare(plan, restart=args.restart, accept_cache_settings=args.accept_cache_settings)
     except (ConfigError, FileNotFoundError, CacheMismatchError) as e:
         sys.exit(f"error: {e}")
     print(f"pretrain {plan.profile}: {plan.recipe.steps} steps, batch {plan.recipe.global_batch} "

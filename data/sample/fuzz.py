@@ -1,8 +1,16 @@
-"""Bad and unusual inputs for the extract phase, with what it must do with each (`expected.json`).
+"""Bad and unusual inputs for the extract phase, with what it must do with each.
+
+Two shards: `00000.tar` holds odd images (`expected.json`: truncated, CMYK, 16-bit, EXIF-rotated,
+...), each also a loose file under `images/`; `00001.tar` is a hostile img2dataset shard
+(`hostile.json`, one entry per input in order): images in other formats and under a lying
+extension, a sample with no image, a repeated key, 10000 x 1, 1 x 10000 and 5000 x 20 strips, a
+4 x 4 image, a bomb past Pillow's own limit, a member named `../`, and the tar cut inside its last
+sample.
 
 The cases are made from fixed package photos, independent of annotations.yaml, so that the
 expectations stay put when the annotations change."""
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +19,7 @@ from PIL import Image
 
 from lyrics.data.sample.encode import jpeg_bytes, json_bytes, png_bytes, sha256_hex
 from lyrics.data.sample.photos import open_photo
-from lyrics.data.sample.shards import ShardSample, sample_key, shard_name, write_tar
+from lyrics.data.sample.shards import ShardSample, sample_key, sample_members, shard_name, write_members, write_tar
 
 COLOR_SOURCE = "skimage:chelsea.png"  # 451 x 300: not square, so a wrong rotation shows
 GRAY_SOURCE = "skimage:camera.png"
@@ -75,6 +83,59 @@ def write_fuzz(folder: Path) -> None:
         }
     write_tar(folder / "webdataset" / f"{shard_name(0)}.tar", samples)
     (folder / "expected.json").write_bytes(json_bytes({"max_pixels": MAX_PIXELS, "samples": expected}))
+    write_hostile_shard(folder / "webdataset" / f"{shard_name(1)}.tar", folder / "hostile.json")
+
+
+# Pillow refuses, in Image.open, images over twice its MAX_IMAGE_PIXELS (2 x 89,478,485): the bomb is past that.
+BOMB_SIZE = (20000, 10000)
+
+
+def hostile_inputs() -> list[tuple[list[tuple[str, bytes]], dict]]:
+    """(tar members, expectation) per input of the hostile shard, in tar order (before the cut)."""
+    photo = open_photo(COLOR_SOURCE).resize((150, 100))
+
+    def encoded(image: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    cases = [  # (extension, image bytes, outcome, key when not the index's)
+        ("jpg", jpeg_bytes(photo), "row", None),
+        ("gif", encoded(photo.convert("P"), "GIF"), "row", None),
+        ("bmp", encoded(photo, "BMP"), "row", None),
+        ("tif", encoded(photo, "TIFF"), "row", None),
+        ("jpg", png_bytes(photo), "row", None),  # PNG bytes under .jpg: the content decides
+        ("bin", encoded(photo, "WEBP"), "row", None),  # an extension Pillow does not know
+        ("txt", b"", "no_image", None),  # only a caption
+        ("jpg", jpeg_bytes(photo.rotate(180)), "duplicate_key", sample_key(1, 1)),  # input 1's key again, not adjacent
+        ("png", png_bytes(Image.new("L", (10000, 1), 200)), "too_small", None),  # zero-pixel sides after any resize
+        ("png", png_bytes(Image.new("L", (1, 10000), 200)), "too_small", None),
+        ("png", png_bytes(Image.new("L", (5000, 20), 200)), "extreme_aspect_ratio", None),  # 250 : 1
+        ("png", png_bytes(Image.new("1", BOMB_SIZE, 0)), "too_large", None),
+        ("jpg", jpeg_bytes(photo), "unsafe_key", f"../../escape/{sample_key(1, 12)}"),
+        ("png", png_bytes(photo.resize((4, 4))), "too_small", None),
+        ("jpg", jpeg_bytes(photo), "damaged_tar", None),  # the tar is cut inside this image
+    ]
+    inputs = []
+    for index, (extension, data, outcome, key) in enumerate(cases):
+        key = key or sample_key(1, index)
+        if extension == "txt":
+            members = [(f"{key}.txt", b"A caption without its image.")]
+        else:
+            members = sample_members(ShardSample(key, extension, data, f"Input {index}: {outcome}.", {"key": key}))
+        inputs.append((members, {"key": key, "members": [name for name, _ in members], "outcome": outcome}))
+    return inputs
+
+
+def write_hostile_shard(tar_path: Path, expected_path: Path) -> None:
+    """The hostile shard, cut in the middle of its last sample's image, and what becomes of each input."""
+    inputs = hostile_inputs()
+    write_members(tar_path, [member for members, _ in inputs for member in members])
+    data = tar_path.read_bytes()
+    last_image = inputs[-1][0][0][1]
+    cut = data.rindex(last_image) + len(last_image) // 2
+    tar_path.write_bytes(data[:cut])
+    expected_path.write_bytes(json_bytes({"max_pixels": MAX_PIXELS, "inputs": [expectation for _, expectation in inputs]}))
 
 
 def _sixteen_bit(gray: Image.Image) -> Image.Image:

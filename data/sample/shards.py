@@ -49,22 +49,31 @@ def sample_key(shard_id: int, index: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}{index:0{INDEX_DIGITS}d}"
 
 
+def sample_members(sample: ShardSample) -> list[tuple[str, bytes]]:
+    """(member name, bytes) of one sample, by extension like webdataset's TarWriter."""
+    members = {sample.image_extension: sample.image_bytes, "json": json_bytes(sample.meta)}
+    if sample.caption is not None:
+        members["txt"] = sample.caption.encode("utf-8")
+    return [(f"{sample.key}.{extension}", members[extension]) for extension in sorted(members)]
+
+
 def write_tar(path: Path, samples: Sequence[ShardSample]) -> None:
-    """A plain ustar file; members in sample order, then by extension like webdataset's TarWriter,
-    with zeroed owners and times so that two builds give identical bytes."""
+    """A plain ustar file; members in sample order, then by extension."""
+    write_members(path, [member for sample in samples for member in sample_members(sample)])
+
+
+def write_members(path: Path, members: Sequence[tuple[str, bytes]]) -> None:
+    """A plain ustar file of these members in this order, with zeroed owners and times so that two
+    builds give identical bytes."""
     with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            members = {sample.image_extension: sample.image_bytes, "json": json_bytes(sample.meta)}
-            if sample.caption is not None:
-                members["txt"] = sample.caption.encode("utf-8")
-            for extension in sorted(members):
-                info = tarfile.TarInfo(f"{sample.key}.{extension}")
-                info.size = len(members[extension])
-                info.mtime = 0
-                info.mode = 0o444
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(members[extension]))
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
 
 
 def write_img2dataset_shard(folder: Path, shard_id: int, samples: Sequence[ShardSample]) -> None:

@@ -1,5 +1,6 @@
 """The fuzz set: every case exists as a loose file and in the shard, and is what expected.json says."""
 
+import io
 import json
 import warnings
 
@@ -8,7 +9,7 @@ from PIL import Image, ImageOps
 
 from lyrics.data.sample.fuzz import COLOR_SOURCE, EXIF_ORIENTATION_TAG, LARGE_SIZE
 from lyrics.data.sample.photos import open_photo
-from lyrics.data.webdataset import iter_shard
+from lyrics.data.webdataset import InputSkip, iter_shard
 
 SKIP_REASONS = {"truncated", "empty", "not_an_image", "too_large"}
 
@@ -101,3 +102,30 @@ def test_large_case_declares_its_size_in_a_small_file(cases, expected, sample_di
         with open_case(sample_dir, entry) as image:
             assert image.size == LARGE_SIZE == (12000, 9000)
     assert LARGE_SIZE[0] * LARGE_SIZE[1] > expected["max_pixels"]
+
+
+@pytest.fixture(scope="module")
+def hostile(sample_dir) -> list[dict]:
+    return json.loads((sample_dir / "fuzz" / "hostile.json").read_text())["inputs"]
+
+
+def test_the_hostile_shard_holds_each_input_in_order_and_is_cut_inside_the_last(hostile, sample_dir):
+    read = list(iter_shard(sample_dir / "fuzz" / "webdataset" / "00001.tar"))
+    assert [entry["key"] for entry in hostile] == [item.key for item in read]  # no input is merged or lost by the reader
+    last = read[-1]
+    assert hostile[-1]["outcome"] == "damaged_tar" and isinstance(last, InputSkip) and last.reason.startswith("damaged_tar")
+    outcomes = {entry["outcome"] for entry in hostile}
+    assert outcomes >= {"row", "no_image", "duplicate_key", "too_small", "extreme_aspect_ratio", "too_large", "unsafe_key", "damaged_tar"}
+    extensions = {name.rsplit(".", 1)[1] for entry in hostile if entry["outcome"] == "row" for name in entry["members"]}
+    assert {"gif", "bmp", "tif", "bin"} <= extensions
+    keys = [entry["key"] for entry in hostile]
+    duplicate = next(entry for entry in hostile if entry["outcome"] == "duplicate_key")
+    assert keys.index(duplicate["key"]) < keys.index(duplicate["key"], keys.index(duplicate["key"]) + 1) - 1  # not adjacent
+
+
+def test_the_bomb_is_past_pillows_own_refusal(hostile, sample_dir):
+    bomb = next(i for i, entry in enumerate(hostile) if entry["outcome"] == "too_large")
+    sample = list(iter_shard(sample_dir / "fuzz" / "webdataset" / "00001.tar"))[bomb]
+    assert len(sample.image_bytes) < 100_000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(sample.image_bytes))

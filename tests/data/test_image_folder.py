@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lyrics.data.errors import DataFormatError
-from lyrics.data.image_folder import UnreadableFile, folder_key, folder_shards
+from lyrics.data.image_folder import folder_key, folder_shards
+from lyrics.data.webdataset import InputSkip
 
 
 def make_tree(root, names):
@@ -73,6 +74,6 @@ def test_a_file_gone_after_listing_is_an_unreadable_skip_not_a_failure(tmp_path)
     (shard,) = folder_shards(tmp_path)
     (tmp_path / "1.jpg").unlink()
     first, second = shard.samples()
-    assert isinstance(first, UnreadableFile) and first.key == "1" and first.file.endswith("1.jpg")
+    assert isinstance(first, InputSkip) and first.key == "1" and first.file.endswith("1.jpg")
     assert first.reason.startswith("unreadable:")
     assert second.image_bytes == b"2.jpg"

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lyrics.data.errors import DataFormatError
-from lyrics.data.webdataset import expand_shards, iter_shard, iter_webdataset
+from lyrics.data.webdataset import InputSkip, WebSample, expand_shards, image_member, iter_shard, iter_webdataset
 
 
 def test_shards_hold_every_image_with_caption_and_metadata(sample_dir, annotations):
@@ -67,24 +67,52 @@ def test_optional_caption_and_metadata(tmp_path):
     assert {sample.shard for sample in samples} == {str(shard)}
 
 
+def outcomes(shard) -> list[tuple[str, str]]:
+    """(key, "row" or the skip's reason category) per input, in order."""
+    return [(s.key, "row" if isinstance(s, WebSample) else s.reason.split(":")[0]) for s in iter_shard(shard)]
+
+
 @pytest.mark.parametrize(
-    ("members", "problem"),
+    ("members", "expected"),
     [
-        ({"a.txt": b"no image"}, "sample a has no image member"),
-        ({"a.jpg": b"1", "a.json": b"{"}, "a.json is not valid JSON"),
-        ({"a.jpg": b"1", "b.jpg": b"2", "a.txt": b"late"}, "members of sample a are not adjacent"),
+        ({"a.txt": b"no image", "b.jpg": b"2"}, [("a", "no_image"), ("b", "row")]),
+        ({"a.jpg": b"1", "a.json": b"{", "b.jpg": b"2"}, [("a", "bad_metadata"), ("b", "row")]),
+        ({"a.jpg": b"1", "a.txt": b"\xff\xfe", "b.jpg": b"2"}, [("a", "bad_caption"), ("b", "row")]),
+        ({"a.jpg": b"1", "b.jpg": b"2", "a.txt": b"late", "c.jpg": b"3"}, [("a", "row"), ("b", "row"), ("a", "duplicate_key"), ("c", "row")]),
+        ({"../up/a.jpg": b"1", "/abs/b.jpg": b"2", "c.jpg": b"3"}, [("../up/a", "unsafe_key"), ("/abs/b", "unsafe_key"), ("c", "row")]),
+        ({"a.gif": b"1", "b.tif": b"2", "c.weird": b"3", "c.txt": b"t"}, [("a", "row"), ("b", "row"), ("c", "row")]),
     ],
 )
-def test_malformed_shards_are_refused_naming_the_shard(tmp_path, members, problem):
+def test_a_bad_sample_is_a_skip_of_its_own_and_the_rest_of_the_shard_is_read(tmp_path, members, expected):
     shard = tmp_path / "00000.tar"
     write_tar(shard, members)
-    with pytest.raises(DataFormatError, match=problem) as error:
-        list(iter_shard(shard))
-    assert str(error.value).startswith(str(shard))
+    assert outcomes(shard) == expected
+    skips = [s for s in iter_shard(shard) if isinstance(s, InputSkip)]
+    assert all(s.file.startswith(str(shard)) for s in skips)
 
 
-def test_a_file_that_is_not_a_tar_is_refused(tmp_path):
+def test_the_image_member_prefers_img2dataset_formats_then_any_pillow_format():
+    assert image_member({"json": b"", "png": b"", "gif": b""}) == "png"
+    assert image_member({"txt": b"", "bmp": b"", "zzz": b""}) == "bmp"
+    assert image_member({"txt": b"", "zzz": b""}) == "zzz"  # decoding decides what it is
+    assert image_member({"txt": b"", "json": b""}) is None
+
+
+def test_a_damaged_tar_keeps_what_came_before_and_counts_what_it_cut(tmp_path):
+    shard = tmp_path / "00000.tar"
+    write_tar(shard, {"a.jpg": b"1" * 600, "b.jpg": b"2" * 3000, "c.jpg": b"3" * 600})
+    data = shard.read_bytes()
+    shard.write_bytes(data[: data.index(b"2" * 3000) + 1500])  # cut inside b's image
+    assert outcomes(shard) == [("a", "row"), ("b", "damaged_tar")]
+    garbled = bytearray(data)
+    header = garbled.index(b"c.jpg")
+    garbled[header : header + 100] = b"\xff" * 100  # c's header: tar reading stops there without an error
+    shard.write_bytes(bytes(garbled))
+    assert outcomes(shard) == [("a", "row"), ("b", "row"), (f"@{header}", "damaged_tar")]
+
+
+def test_a_file_that_is_not_a_tar_is_one_skip(tmp_path):
     shard = tmp_path / "00000.tar"
     shard.write_bytes(b"not a tar file at all" * 40)
-    with pytest.raises(DataFormatError, match="not a readable tar file"):
-        list(iter_shard(shard))
+    ((key, reason),) = outcomes(shard)
+    assert key == "@0" and reason == "damaged_tar"

@@ -31,6 +31,7 @@ def config_path(tmp_path_factory) -> Path:
     raw["root"] = str(root)
     raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=4)
     raw["datasets"]["photos"] = {"format": "folder", "path": "{root}/photos", "key": "path", "produced_by": "the folder test"}
+    raw["datasets"]["cluster"] = {"format": "folder", "path": "{root}/cluster"}
     for component in raw["profiles"]["tiny"].values():
         if isinstance(component, dict):  # architecture files stay the repository's
             component["arch"] = str(REPO_ROOT / component["arch"])
@@ -89,16 +90,23 @@ def torch_equal(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=atol))
 
 
-def test_fuzz_inputs_are_rows_or_listed_skips(config_path, sample_cache):
+@pytest.fixture(scope="module")
+def fuzz_extraction(config_path, sample_cache) -> tuple[subprocess.CompletedProcess, Path]:
+    """`make extract DATA=fuzz`: the odd-image shard and the hostile shard (data/sample/fuzz.py)."""
     result = extract(config_path, "fuzz")
+    return result, default_cache_root(load_config(config_path), "fuzz", "tiny")
+
+
+def test_fuzz_inputs_are_rows_or_listed_skips(config_path, fuzz_extraction):
+    result, cache = fuzz_extraction
     assert result.returncode == 0, result.stderr[-3000:]
-    config = load_config(config_path)
-    fuzz_dir = config.path("{root}/data/sample/fuzz")
+    fuzz_dir = load_config(config_path).path("{root}/data/sample/fuzz")
     expected = json.loads((fuzz_dir / "expected.json").read_text())["samples"]
-    cache = default_cache_root(config, "fuzz", "tiny")
     manifest = read_manifest(cache)
-    skipped = {s.id.rsplit("/", 1)[1]: s.reason.split(":")[0] for s in manifest.skipped}
-    assert manifest.rows + len(skipped) == len(expected)  # nothing vanishes
+    assert all(shard.inputs == shard.rows + len(shard.skipped) for shard in manifest.shards)  # nothing vanishes
+    odd = next(shard for shard in manifest.shards if shard.name == "00000")
+    skipped = {s.id.rsplit("/", 1)[1]: s.reason.split(":")[0] for s in odd.skipped}
+    assert odd.inputs == len(expected)
     assert skipped == {key: case["reason"] for key, case in expected.items() if case["expect"] == "skip"}
     rows = {item["key"]: item for item in (CacheDataset(cache, fields=["sam_mask"])[i] for i in range(manifest.rows))}
     for key, case in expected.items():
@@ -108,6 +116,100 @@ def test_fuzz_inputs_are_rows_or_listed_skips(config_path, sample_cache):
     assert rows[missing[0]]["caption"] is None
     assert manifest.extra["missing_caption"] == [rows[missing[0]]["id"]]
     assert "skipped" in result.stdout and "truncated" in result.stdout
+
+
+def test_a_hostile_shard_costs_each_bad_input_only_itself(config_path, fuzz_extraction):
+    """Every input of the hostile shard is a row or a skip with its own key and reason, and the job ends with 0."""
+    result, cache = fuzz_extraction
+    assert result.returncode == 0, result.stderr[-3000:]
+    inputs = json.loads(load_config(config_path).path("{root}/data/sample/fuzz/hostile.json").read_text())["inputs"]
+    manifest = read_manifest(cache)
+    shard = next(shard for shard in manifest.shards if shard.name == "00001")
+    assert shard.inputs == len(inputs) == shard.rows + len(shard.skipped) == 15
+    table = CacheDataset(cache).rows(["id", "key", "caption"]).to_pylist()
+    rows = [row for row in table if row["id"].startswith("fuzz/00001/")]
+    found = [(row["key"], "row") for row in rows] + [(skip.id.split("/", 2)[2], skip.reason.split(":")[0]) for skip in shard.skipped]
+    assert sorted(found) == sorted((entry["key"], entry["outcome"]) for entry in inputs)
+    duplicate = next(row for row in rows if row["key"] == "000010001")
+    assert duplicate["caption"] == "Input 1: row."  # the first of the repeated key is the one kept
+    bomb = next(skip for skip in shard.skipped if skip.reason.startswith("too_large"))
+    assert "exceeds the limit of 89,478,485" in bomb.reason  # the configured limit, not Pillow's
+    assert all(skip.file.endswith("00001.tar") or ":" in skip.file for skip in shard.skipped)
+
+
+def test_a_model_failing_on_one_image_skips_that_image_only(config_path, sample_cache):
+    """A model stage that raises on one image of a chunk: that image becomes a skip with the stage and the
+    error, the others get the outputs a chunk without it gets."""
+    import torch
+
+    from lyrics.extract.images import load_images
+    from lyrics.extract.job import run_stage_skipping_failures
+    from lyrics.extract.refiner import load_stage, new_chunk, preprocessors, run_stage
+
+    config = load_config(config_path)
+    clip = load_stage(config, "tiny", "clip", device="cpu")
+    prepare = preprocessors(config, "tiny")
+    items = [CacheDataset(sample_cache)[i] for i in range(3)]
+    images = load_images({it["id"]: (json.loads(it["source"])["file"], it["key"]) for it in items})
+
+    def chunk(indices: list[int]) -> dict:
+        record = {"shard": "00000", "source": "s", "chunk": 0, "last": True, "skips": [], "inputs": 3}
+        record["rows"] = [{"id": items[i]["id"], "file": "f", "key": items[i]["key"]} for i in indices]
+        pixels = [{name: p(images[items[i]["id"]]) for name, p in prepare.items()} for i in indices]
+        return record | new_chunk(pixels, [images[items[i]["id"]].size for i in indices])
+
+    bad = chunk([1])["clip_pixels"][0]
+
+    class FailsOnOneImage:
+        device = clip.device
+
+        def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+            if any(torch.equal(p, bad) for p in pixels):
+                raise ValueError("height and width must be > 0")
+            return clip(pixels)
+
+    out = run_stage_skipping_failures("clip", FailsOnOneImage(), chunk([0, 1, 2]), config.extraction)
+    assert [r["id"] for r in out["rows"]] == [items[0]["id"], items[2]["id"]]
+    (skip,) = out["skips"]
+    assert skip["id"] == items[1]["id"] and skip["reason"] == "model_failed: clip: ValueError: height and width must be > 0"
+    reference = run_stage("clip", clip, chunk([0, 2]), config.extraction)
+    assert np.allclose(out["vit_tokens"], reference["vit_tokens"], atol=1e-5)
+    assert len(out["sam_pixels"]) == len(out["gdino_pixels"]) == 2  # the later stages' inputs follow the rows
+
+
+def test_a_failed_cluster_connection_stops_with_one_line_and_leaves_nothing(config_path, sample_cache, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = tmp_path / "never"
+    env = {**environment(config_path), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    result = subprocess.run([sys.executable, "-m", "lyrics.extract", "--data", "sample", "--cache", str(cache)],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[0].startswith(f"error: RAY_ADDRESS=127.0.0.1:{port}: no Ray head answers there")
+    assert "Traceback" not in result.stderr and not cache.exists()
+
+
+def test_a_checkpoint_made_from_another_seed_is_refused(config_path, sample_cache, tmp_path):
+    """The tiny profile with seed 1 pointing at the seed-0 checkpoints: refused, not silently reused."""
+    raw = yaml.safe_load(config_path.read_text())
+    raw["profiles"]["tiny"]["seed"] = 1
+    other = tmp_path / "pipelines.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    result = extract(other, "sample", tmp_path / "cache")
+    assert result.returncode == 1 and not (tmp_path / "cache").exists()
+    assert "checkpoint was made with random seed 0, but the profile's seed is 1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fingerprints_hash_the_checkpoints_content(config_path, sample_cache):
+    from lyrics.extract.checkpoints import component_spec, content_hash
+
+    config = load_config(config_path)
+    for name, fingerprint in read_manifest(sample_cache).identity.fingerprints.items():
+        assert fingerprint.startswith(content_hash(component_spec(config, "tiny", name).checkpoint) + "/arch:")
 
 
 def test_missing_dataset_files_stop_at_once_naming_the_path(config_path):
@@ -207,9 +309,14 @@ def test_missing_real_checkpoints_are_refused_before_any_work(config_path, monke
     from lyrics.extract.job import ExtractJob
 
     monkeypatch.setenv("LYRICS_CLIP_PATH", str(tmp_path / "no-clip-here"))
+    monkeypatch.setenv("LYRICS_SAM_PATH", str(tmp_path / "no-sam-here"))
     config = load_config(config_path)
-    with pytest.raises(ConfigError, match=r"profile 'paper': .*no-clip-here: clip checkpoint not found \(set LYRICS_CLIP_PATH"):
+    with pytest.raises(ConfigError) as error:
         ExtractJob.plan(config, "sample", profile="paper")
+    message = str(error.value)
+    assert message.startswith(f"{config_path.resolve()}: profile 'paper': checkpoints missing:")
+    assert "no-clip-here: clip checkpoint not found (set LYRICS_CLIP_PATH" in message
+    assert "no-sam-here: sam checkpoint not found (set LYRICS_SAM_PATH" in message  # every missing one, not the first
 
 
 def test_make_pretrain_trains_from_the_cache_make_extract_wrote(config_path, sample_cache):
@@ -244,3 +351,48 @@ def test_the_rec_grid_reads_the_images_back_from_the_cache_rows_sources(config_p
     png = draw_rec_grid_of(tmp_path, cache, rows)
     assert png == tmp_path / REC_GRID
     assert Image.open(png).size == (4 * 4.0 * 80, 1 * 4.4 * 80)  # one row of four panels at 80 dpi
+
+
+def test_the_readmes_two_node_cluster_writes_the_cache_one_process_writes(config_path, sample_cache, tmp_path):
+    """README's cluster commands, as written, on a machine that holds a Ray token (so the head turns token
+    authentication on), with a second Ray node on the same machine: the cache equals a one-process one, file for file."""
+    import shutil
+    import socket
+
+    config = load_config(config_path)
+    photos = config.path("{root}/cluster")
+    photos.mkdir(exist_ok=True)
+    for image in sorted(config.path("{root}/data/sample/images").glob("*.jpg"))[:4]:
+        shutil.copy(image, photos / image.name)
+    one = tmp_path / "one-process"
+    result = extract(config_path, "cluster", one)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    env = {**environment(config_path), "HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_AUTH_MODE", None)
+
+    def sh(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, shell=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    assert sh("ray get-auth-token --generate").returncode == 0 and (home / ".ray" / "auth_token").is_file()
+    try:
+        head = sh(f"ray start --head --port={port}")
+        assert head.returncode == 0, head.stderr[-2000:]
+        node = sh(f"RAY_AUTH_MODE=token ray start --address=127.0.0.1:{port}")
+        assert node.returncode == 0, node.stderr[-2000:]
+        job = sh(f"RAY_ADDRESS=127.0.0.1:{port} make extract DATA=cluster")
+        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+        status = sh("RAY_AUTH_MODE=token ray status --address=127.0.0.1:" + str(port))
+        assert status.stdout.count("node_") >= 2, status.stdout  # two nodes took part in the cluster
+    finally:
+        sh("ray stop --force")
+    cluster = default_cache_root(config, "cluster", "tiny")
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(cluster) for p in cluster.rglob("*") if p.is_file())
+    assert len(files) > 10 and read_manifest(one).rows == 4
+    for relative in files:
+        assert (one / relative).read_bytes() == (cluster / relative).read_bytes(), relative

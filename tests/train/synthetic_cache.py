@@ -13,9 +13,10 @@ import numpy as np
 import yaml
 
 from lyrics.config import DEFAULT_CONFIG, REPO_ROOT
-from lyrics.extract.cache_location import cache_schema, default_cache_root, extraction_settings, fingerprints
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
+from lyrics.extract.refiner import ensure_checkpoints
 from lyrics.spatial_text import format_objects
-from lyrics.store import CacheIdentity, CacheWriter, StorageOptions
+from lyrics.store import CacheIdentity, CacheWriter
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
 
 ROWS = 12
@@ -30,9 +31,11 @@ def write_config(root: Path, edit=None) -> Path:
     raw["training"]["pretrain"]["recipes"]["tiny"].update(
         steps=4, global_batch=4, micro_batch=2, lr=3e-4, checkpoint_every=2, log_every=1, max_spatial_tokens=48
     )
-    for component in raw["profiles"]["tiny"].values():
+    for name, component in raw["profiles"]["tiny"].items():
         if isinstance(component, dict):  # architecture files stay the repository's
             component["arch"] = str(REPO_ROOT / component["arch"])
+        if name in STAGES:  # the frozen models' random checkpoints: created once for every test root of the session
+            component["checkpoint"] = component["checkpoint"].replace("{root}", str(root.parent / "frozen"))
     if edit:
         edit(raw)
     path = root / f"pipelines-{len(list(root.glob('pipelines*.yaml')))}.yaml"
@@ -41,9 +44,11 @@ def write_config(root: Path, edit=None) -> Path:
 
 
 def write_cache(config, dataset: str = "sample") -> Path:
-    """A complete cache at the data set's default location with the tiny profile's identity."""
+    """A complete cache at the data set's default location with the tiny profile's identity
+    (its frozen models' checkpoints are created first: the fingerprints hash them)."""
+    ensure_checkpoints(config, "tiny")
     schema = cache_schema(config, "tiny")
-    storage = StorageOptions(top_q=config.extraction.storage.top_q)
+    storage = storage_options(config)
     identity = CacheIdentity(schema, storage, extraction_settings(config, "tiny"), fingerprints(config, "tiny"))
     root = default_cache_root(config, dataset, "tiny")
     writer = CacheWriter(root, identity)

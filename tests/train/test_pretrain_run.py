@@ -16,12 +16,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from synthetic_cache import write_cache, write_config
+from synthetic_cache import ROWS, write_cache, write_config
 
 from lyrics.config import REPO_ROOT, ConfigError, load_config
 from lyrics.extract.cache_location import default_cache_root
 from lyrics.model.pretraining import load_stage1
-from lyrics.store import CacheMismatchError
+from lyrics.store import CacheMismatchError, CacheWriter, read_manifest
 from lyrics.train.loss_curve import metrics_files, read_losses
 from lyrics.train.pretrain import PretrainPlan, prepare, train
 
@@ -120,6 +120,40 @@ def test_bad_input_is_refused_before_training(setup):
     with pytest.raises(ConfigError, match=r"max_spatial_tokens \+ max_caption_tokens = 532 exceeds the MQ-Former's 512 positions"):
         PretrainPlan.make(long_text)
     assert not (root / "runs" / "coco").exists() and not (root / "runs" / "other").exists()
+
+
+def test_a_cache_extracted_with_other_settings_is_refused_naming_each_difference(setup, caplog):
+    root, config = setup
+    cache = default_cache_root(config, "sample", "tiny")
+
+    def change(raw: dict) -> None:
+        raw["extraction"]["detection"] = {"box_threshold": 0.3}
+        raw["extraction"]["storage"]["dtype"] = "int8"
+
+    other = load_config(write_config(root, change))
+    with pytest.raises(CacheMismatchError) as error:
+        prepare(PretrainPlan.make(other, caches=[cache], run_dir=root / "runs" / "settings"))
+    problems = str(error.value).splitlines()[1:]
+    assert problems == [
+        "  extraction.detection.box_threshold: cache 0.25, expected 0.3",
+        '  storage.dtype: cache "fp16", expected "int8"',
+        "  (pass --accept-cache-settings to train on it knowingly)",
+    ]
+    with caplog.at_level("WARNING"):
+        prepared = prepare(PretrainPlan.make(other, caches=[cache], run_dir=root / "runs" / "settings"), accept_cache_settings=True)
+    assert len(prepared.dataset) == ROWS - 1  # the row without a caption is left out
+    assert "accepted although extracted with other settings" in caplog.text and "storage.dtype" in caplog.text
+
+
+def test_an_incomplete_cache_is_a_one_line_error(setup, tmp_path):
+    root, config = setup
+    writer = CacheWriter(tmp_path / "cache", read_manifest(default_cache_root(config, "sample", "tiny")).identity)
+    with writer.open_shard("00000", source="never finished"):
+        pass  # a committed shard, but no finalize: the extraction is still running (or died)
+    args = [sys.executable, "-m", "lyrics.train.pretrain", "--config", str(config.source), "--cache", str(tmp_path / "cache"), "--run", str(tmp_path / "run")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'cache'}: the cache is incomplete (its extraction has not finished); run the extract phase again to resume it"]
 
 
 @pytest.mark.parametrize("grounding, spatial, suffix", [(False, True, "-no-grounding"), (True, False, "-no-spatial")])
