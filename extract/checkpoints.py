@@ -82,8 +82,9 @@ class ComponentSpec:
                     f"{self.seed}; delete it (and {self.seed_file.name}) to recreate it, or give the profile another checkpoint path"
                 )
 
-    def ensure_checkpoint(self, create: Callable[[Path], None]) -> Path:
-        """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing."""
+    def ensure_checkpoint(self, create: Callable[[Path], None], random: bool = True) -> Path:
+        """The checkpoint path, creating it with ``create(tmp_path)`` first when allowed and missing;
+        ``random``: its weights come from the seed, which is recorded beside it (a conversion's do not)."""
         self.check_available()
         if self.checkpoint.exists():
             return self.checkpoint
@@ -91,7 +92,8 @@ class ComponentSpec:
         tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
         try:
             create(tmp)
-            self.seed_file.write_text(f"{self.seed}\n")  # before the checkpoint appears: never a checkpoint without its seed
+            if random:
+                self.seed_file.write_text(f"{self.seed}\n")  # before the checkpoint appears: never a checkpoint without its seed
             os.replace(tmp, self.checkpoint)  # a folder or a file appears whole or not at all
         finally:
             if tmp.is_dir():

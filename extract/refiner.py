@@ -7,13 +7,18 @@ A chunk is a plain dict that every stage reads from and adds its outputs to.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
+from tqdm import tqdm
 
 from lyrics.config import ExtractionConfig, PipelinesConfig
 from lyrics.extract.cache_location import STAGES
@@ -53,9 +58,24 @@ def load_stage(config: PipelinesConfig, profile: str, name: str, device: str | N
 def ensure_checkpoints(config: PipelinesConfig, profile: str) -> None:
     """Create a random-init profile's missing checkpoints now, in this process, so that the manifest's
     fingerprints hash the very weights the job's actors will load (real checkpoints must exist)."""
-    for name in STAGES:
-        spec = component_spec(config, profile, name)
-        spec.ensure_checkpoint(lambda tmp, spec=spec: RANDOM_CHECKPOINT_WRITERS[spec.name](spec.arch, spec.seed, tmp))
+    specs = [component_spec(config, profile, name) for name in STAGES]
+    for spec in specs:
+        spec.check_available()  # a checkpoint of another seed is refused before anything is created
+    missing = [spec for spec in specs if not spec.checkpoint.exists()]
+    if not missing:
+        return
+    # The libraries print and warn while building (groundingdino's print, meshgrid, save progress bars):
+    # one bar of ours says what happens instead.
+    progress_bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for spec in tqdm(missing, desc=f"random {profile} checkpoints", unit="model"):
+                spec.ensure_checkpoint(lambda tmp, spec=spec: RANDOM_CHECKPOINT_WRITERS[spec.name](spec.arch, spec.seed, tmp))
+    finally:
+        if progress_bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def preprocessors(config: PipelinesConfig, profile: str) -> dict[str, Callable[[Image.Image], torch.Tensor]]:

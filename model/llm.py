@@ -77,7 +77,7 @@ def load_llm(spec: ComponentSpec, device: str | torch.device | None = None) -> t
     profile with ``random_init`` whose arch names a GGUF source: that folder is created first.
     """
     arch = LLMArch.from_spec(spec)
-    folder = spec.ensure_checkpoint(lambda tmp: _create(spec, arch, tmp))
+    folder = spec.ensure_checkpoint(lambda tmp: _create(spec, arch, tmp), random=False)  # converted, not drawn from the seed
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=arch.dtype, local_files_only=True)

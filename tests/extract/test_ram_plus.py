@@ -222,7 +222,8 @@ def test_random_checkpoint_is_deterministic(tmp_path, written):
 def test_ensure_checkpoint_creates_the_tag_files_beside_it(tmp_path):
     spec = spec_for(tmp_path)
     tagger = load_ram_plus(spec)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ram_plus.json", "ram_plus.pth", TAG_LIST, THRESHOLDS])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ram_plus.json", "ram_plus.pth", "ram_plus.pth.seed", TAG_LIST, THRESHOLDS])
+    assert (tmp_path / "ram_plus.pth.seed").read_text() == "0\n"  # the seed it was made from, checked on every load
     assert tagger.fingerprint == spec.fingerprint() and tagger.name == "ram" and len(tagger.tags) == NUM_TAGS
 
 

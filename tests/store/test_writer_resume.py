@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lyrics.store import CacheDataset, CacheIdentity, CacheMismatchError, CacheWriter, StorageOptions, read_manifest
+from lyrics.store import CacheDataset, CacheIdentity, CacheIncompleteError, CacheMismatchError, CacheWriter, StorageOptions, read_manifest
 
 JOB = Path(__file__).with_name("cache_job.py")
 
@@ -44,7 +44,7 @@ def test_killed_writer_leaves_no_visible_shard(tmp_path):
     assert any(p.name.startswith(".tmp-s1-") for p in shards.iterdir()), "the partial shard should exist under its temporary name"
     manifest = read_manifest(root)
     assert not manifest.complete and manifest.rows == 0
-    with pytest.raises(RuntimeError, match="incomplete"):
+    with pytest.raises(CacheIncompleteError, match="incomplete"):
         CacheDataset(root)
     # Reopening for writing removes the partial shard.
     from cache_job import IDENTITY  # noqa: E402  (the job's own identity)
