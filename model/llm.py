@@ -3,7 +3,9 @@
 Every profile's LLM checkpoint is a Hugging Face causal-LM folder (``config.json``, safetensors
 or ``.bin`` weights, tokenizer files), loaded with ``AutoModelForCausalLM`` / ``AutoTokenizer``
 and ``local_files_only=True``; a hub id is never looked up (transformers reads ``.bin`` shards
-with ``torch.load(weights_only=True)``).
+with ``torch.load(weights_only=True)``). A sentencepiece-only tokenizer (``tokenizer.model``, as
+Vicuna and LLaMA-2 ship) is converted by transformers with the ``sentencepiece`` package. A
+tokenizer without a pad token pads with its unknown token (``model/prompt_format.py``).
 
 - ``paper``: Vicuna-13B v1.5 at ``LYRICS_LLM_PATH``; a missing folder is refused naming the path
   and the variable.
@@ -17,6 +19,9 @@ The architecture JSON (``model/configs/llm/<profile>.json``) holds what loading 
 
 - ``dtype``: the dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``);
 - ``lora_targets``: the module names stage 2 attaches LoRA to;
+- ``prompt_format``: how conversations are rendered (``model/prompt_format.py``): ``chat_template``
+  (the folder's own, the default; a folder without one is refused) or ``vicuna_v1`` (Vicuna v1.1+'s
+  ``USER: ... ASSISTANT: ...</s>`` format, for Vicuna / LLaMA-2 folders as lmsys ships them);
 - ``source.gguf`` (tiny only): the GGUF file the checkpoint folder is created from, a path
   relative to the JSON or ``package:<module>/<file>``.
 
@@ -34,11 +39,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lyrics.extract.checkpoints import ComponentSpec
+from lyrics.model.prompt_format import PROMPT_FORMATS, PromptFormat, apply_prompt_format
 from lyrics.packages import resolve_location
 
 ARCH_DIR = Path(__file__).parent / "configs" / "llm"  # <profile>.json
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KEYS = {"dtype", "lora_targets", "source"}
+KEYS = {"dtype", "lora_targets", "prompt_format", "source"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class LLMArch:
     dtype: torch.dtype
     lora_targets: tuple[str, ...]
     gguf: Path | None  # the file a missing tiny checkpoint is converted from
+    prompt_format: PromptFormat = "chat_template"
 
     @classmethod
     def from_spec(cls, spec: ComponentSpec) -> LLMArch:
@@ -67,7 +74,10 @@ class LLMArch:
         if not isinstance(source, dict) or set(source) - {"gguf"}:
             raise ValueError(f'{where}: source must be {{"gguf": <file>}}, got {source!r}')
         gguf = resolve_location(source["gguf"], arch_path.parent, f"{where} source.gguf") if "gguf" in source else None
-        return cls(DTYPES[dtype], tuple(targets), gguf)
+        prompt_format = arch.get("prompt_format", "chat_template")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"{where}: prompt_format {prompt_format!r} is not one of {list(PROMPT_FORMATS)}")
+        return cls(DTYPES[dtype], tuple(targets), gguf, prompt_format)
 
 
 def load_llm(spec: ComponentSpec, device: str | torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -82,6 +92,11 @@ def load_llm(spec: ComponentSpec, device: str | torch.device | None = None) -> t
         raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=arch.dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    apply_prompt_format(tokenizer, arch.prompt_format, f"{folder} ({spec.arch_path})")
+    # Generation stops at the tokenizer's end of sequence and pads finished rows with its pad id.
+    generation = model.generation_config
+    generation.eos_token_id = generation.eos_token_id if generation.eos_token_id is not None else tokenizer.eos_token_id
+    generation.pad_token_id = generation.pad_token_id if generation.pad_token_id is not None else tokenizer.pad_token_id
     model.eval()
     if device is not None:
         model.to(device)

@@ -147,7 +147,7 @@ class SampleEncoder:
 
     def _batch(self, items: Sequence[dict[str, Any]], tokens: Sequence[ChatTokens], left: bool) -> FinetuneBatch:
         length = max(len(t.input_ids) for t in tokens)
-        pad = self.llm_tokenizer.pad_token_id if self.llm_tokenizer.pad_token_id is not None else 0
+        pad = self.llm_tokenizer.pad_token_id  # set by load_llm where the folder has none; padded places are masked
 
         def padded(t: torch.Tensor, value: int | bool) -> torch.Tensor:
             extra = length - len(t)

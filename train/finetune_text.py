@@ -1,4 +1,7 @@
-"""Stage-2 text: a conversation in the LLM's chat template, the image slot, labels on the responses only.
+"""Stage-2 text: a conversation in the LLM's prompt format, the image slot, labels on the responses only.
+
+The tokenizer renders conversations with its chat template, which ``load_llm`` sets from the LLM's
+``prompt_format`` (the folder's own template, or Vicuna v1's format: ``model/prompt_format.py``).
 
 The first human turn holds ``<Image>`` where the image goes (the paper's prompts). The rendered
 conversation is split there: the text before and after is tokenized as is, and ``num_image_tokens``
@@ -48,7 +51,7 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str, num_image_tokens: int) -
     if not found:
         return ids, [False] * len(ids)
     rest = tokenizer(after, add_special_tokens=False)["input_ids"]
-    placeholder = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    placeholder = tokenizer.pad_token_id  # replaced by the visual tokens' embeddings; load_llm sets a pad token
     return ids + [placeholder] * num_image_tokens + rest, [False] * len(ids) + [True] * num_image_tokens + [False] * len(rest)
 
 
