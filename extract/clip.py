@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
@@ -21,17 +22,35 @@ _OTHER_TOWER_PREFIXES = ("text_model.", "text_projection.", "visual_projection."
 
 
 class ClipPreprocess:
-    """PIL image -> (3, 224, 224): shortest side to 224 (bicubic), center crop, CLIP mean/std.
+    """PIL image -> (3, 224, 224) exactly as OpenAI CLIP and BLIP-2 preprocess: the shortest side to 224
+    with PIL's bicubic resize, a center crop, then /255 and CLIP's mean/std.
 
-    CLIPImageProcessor itself, built from the architecture file alone (no weights), so the
-    extract job's CPU decode workers can run it without loading the model.
+    The sizes, resample filter and statistics come from the architecture file's ``image_processor``
+    (the ``preprocessor_config.json`` a CLIP folder ships), so the extract job's CPU decode workers
+    run it without the model. Not ``CLIPImageProcessor``: it resizes a uint8 tensor, which moves
+    pixels by a level here and there and the tokens about ten times more than fp16 storage does.
     """
 
     def __init__(self, arch: dict[str, Any]) -> None:
-        self.processor = CLIPImageProcessor(**arch["image_processor"])
+        settings = arch["image_processor"]
+        self.size: int = settings["size"]["shortest_edge"]
+        self.crop: tuple[int, int] = (settings["crop_size"]["height"], settings["crop_size"]["width"])
+        self.resample = Image.Resampling(settings.get("resample", Image.Resampling.BICUBIC))
+        self.mean = torch.tensor(settings["image_mean"], dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(settings["image_std"], dtype=torch.float32)[:, None, None]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        image = image.convert("RGB")
+        width, height = image.size
+        short, long = sorted((width, height))
+        resized_long = int(self.size * long / short)  # as torchvision's Resize(int) computes it
+        size = (self.size, resized_long) if width <= height else (resized_long, self.size)
+        resized = image.resize(size, self.resample)
+        crop_height, crop_width = self.crop
+        top, left = int(round((size[1] - crop_height) / 2.0)), int(round((size[0] - crop_width) / 2.0))
+        cropped = resized.crop((left, top, left + crop_width, top + crop_height))
+        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / np.float32(255)).permute(2, 0, 1)
+        return (pixels - self.mean) / self.std
 
 
 class ClipVision:
