@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from lyrics.config import ConfigError, load_config
-from lyrics.extract.job import ExtractJob, RayConnectionError, run
+from lyrics.extract.job import ExtractJob, run
 from lyrics.store import CacheMismatchError
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     print(f"extract {job.dataset}: {len(job.shards)} shard(s), profile {job.profile} -> {job.cache_root}")
     try:
         manifest = run(job)
-    except (CacheMismatchError, RayConnectionError) as e:
+    except (ConfigError, CacheMismatchError) as e:  # ConfigError: also a Ray cluster that cannot be joined
         sys.exit(f"error: {e}")
     reasons = Counter(skip.reason.split(":")[0] for skip in manifest.skipped)
     print(f"rows {manifest.rows}, skipped {len(manifest.skipped)} {dict(reasons) or ''}".rstrip())

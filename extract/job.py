@@ -225,8 +225,8 @@ def run(job: ExtractJob, progress: bool = True) -> Manifest:
     return writer.finalize(extra=_summary(writer, job))
 
 
-class RayConnectionError(RuntimeError):
-    """The Ray cluster named by RAY_ADDRESS cannot be joined."""
+class RayConnectionError(ConfigError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined: a setting of the environment (address, auth mode) to fix."""
 
 
 def connect_ray() -> None:

@@ -117,9 +117,10 @@ def test_a_run_trains_the_mqformer_projection_and_lora_and_saves_them(setup):
                                "max_prompt_objects": 2, "max_text_tokens": 256}  # fmt: skip
 
 
-def test_a_saved_model_reloads_and_generates_the_same_tokens(setup):
-    root, config = setup
-    plan = plan_for(config, root, "reload", steps=2)
+def train_then_reload(config, root: Path, name: str):
+    """Two steps of a run, then its saved result on a freshly loaded LLM: (prepared, result folder,
+    loaded model, tokens the trained model generates, tokens the loaded one generates) for three rows."""
+    plan = plan_for(config, root, name, steps=2)
     prepared = prepare(plan)
     result = train(plan, prepared, progress=False)
     items = [prepared.dataset[i] for i in (0, 3, 8)]
@@ -128,6 +129,12 @@ def test_a_saved_model_reloads_and_generates_the_same_tokens(setup):
     llm, _ = load_llm(component_spec(config, "tiny", "llm"))
     loaded = load_lvlm(result, llm)
     after = loaded.model.generate(batch.image, batch.input_ids, batch.attention_mask, batch.image_positions, NEW_TOKENS)
+    return prepared, result, loaded, before, after
+
+
+def test_a_saved_model_reloads_and_generates_the_same_tokens(setup):
+    root, config = setup
+    prepared, _, loaded, before, after = train_then_reload(config, root, "reload")
     assert before.shape[1] > 0 and torch.equal(before, after)
     assert loaded.prompt == prepared.encoder.settings and loaded.lora == prepared.lora
     # The loaded LoRA is the trained one, not a fresh initialisation (fresh lora_B is zero).

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic_cache import ROWS, write_cache, write_config
-from test_finetune_run import NEW_TOKENS, edit, instructions, plan_for, prepare_rows
+from test_finetune_run import NEW_TOKENS, edit, instructions, prepare_rows, train_then_reload
 
 from lyrics.config import REPO_ROOT, load_config
 from lyrics.data.instruction_templates import TEMPLATES
@@ -21,10 +21,8 @@ from lyrics.data.instructions import write_jsonl
 from lyrics.evaluate.assistant import Assistant
 from lyrics.extract.checkpoints import component_spec
 from lyrics.model.llm import load_llm
-from lyrics.model.lvlm import load_lvlm
 from lyrics.model.prompt_format import VICUNA_SYSTEM
 from lyrics.model.vicuna_layout import write_vicuna_folder
-from lyrics.train.finetune import prepare, train
 from lyrics.train.finetune_text import IGNORE, encode_conversation
 
 
@@ -99,14 +97,7 @@ def test_a_folder_without_chat_template_and_no_format_is_refused_naming_the_sett
 
 def test_it_trains_saves_reloads_and_generates_in_batches(setup):
     root, config = setup
-    plan = plan_for(config, root, "vicuna", steps=2)
-    prepared = prepare(plan)
-    result = train(plan, prepared, progress=False)
-    items = [prepared.dataset[i] for i in (0, 3, 8)]
-    batch = prepared.encoder.prompt_batch(items, [()] * 3, ["<Image>Describe the image."] * 3)
-    before = prepared.model.eval().generate(batch.image, batch.input_ids, batch.attention_mask, batch.image_positions, NEW_TOKENS)
-    llm, _ = load_llm(component_spec(config, "tiny", "llm"))
-    after = load_lvlm(result, llm).model.generate(batch.image, batch.input_ids, batch.attention_mask, batch.image_positions, NEW_TOKENS)
+    _, result, _, before, after = train_then_reload(config, root, "vicuna")
     assert before.shape[1] > 0 and torch.equal(before, after)
     assistant = Assistant.load(config, result)
     rows = [prepare_rows(config, root)[i] for i in (0, 5, 9)]
