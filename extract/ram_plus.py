@@ -149,8 +149,9 @@ def check_tag_count(state: dict[str, torch.Tensor], arch: RamPlusArch, tags: lis
         )
 
 
-def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path) -> None:
-    """Random RAM++ weights from ``seed`` in the upstream layout at ``path``, tag files beside it.
+def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path, calibration_images: int = CALIBRATION_IMAGES) -> None:
+    """Random RAM++ weights from ``seed`` in the upstream layout at ``path``, tag files beside it
+    (thresholds calibrated on ``calibration_images`` synthetic images: fewer for Swin-L on a CPU).
 
     The tag files are written first, each atomically, so a checkpoint that exists has its tag files.
     """
@@ -158,14 +159,14 @@ def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path) -> None
     if spec.vocabulary is None:
         raise ValueError("RAM++ arch has no vocabulary: random weights need a tag list under extract/configs/")
     tags = read_tag_list(CONFIGS / spec.vocabulary)
-    model = random_model(spec, len(tags), seed)
-    thresholds = calibrate_thresholds(model, seed)
+    model = random_model(spec, len(tags), seed, calibration_images)
+    thresholds = calibrate_thresholds(model, seed, calibration_images)
     _write_atomic(path.parent / TAG_LIST, "\n".join(tags))
     _write_atomic(path.parent / THRESHOLDS, "\n".join(f"{t:.6f}" for t in thresholds.tolist()))
     torch.save({"model": to_upstream(model)}, path)
 
 
-def random_model(arch: RamPlusArch, num_tags: int, seed: int) -> RamPlus:
+def random_model(arch: RamPlusArch, num_tags: int, seed: int, calibration_images: int = CALIBRATION_IMAGES) -> RamPlus:
     """A deterministic RAM++ with random weights: timm's Swin init, BERT's normal(0.02) for the rest.
 
     Two choices make a fixed per-tag threshold pass a handful of tags on most photos. At random
@@ -185,23 +186,24 @@ def random_model(arch: RamPlusArch, num_tags: int, seed: int) -> RamPlus:
         # Unit rows, as the CLIP text embeddings of upstream's descriptions.
         model.label_embed.data = F.normalize(torch.randn_like(model.label_embed), dim=-1)
     with torch.no_grad():
-        model.image_proj.bias -= model.image_embeds(synthetic_images(arch.image_size, seed))[:, 0].mean(dim=0)
+        model.image_proj.bias -= model.image_embeds(synthetic_images(arch.image_size, seed, calibration_images))[:, 0].mean(dim=0)
     return model
 
 
 @torch.inference_mode()
-def calibrate_thresholds(model: RamPlus, seed: int) -> torch.Tensor:
+@torch.inference_mode()
+def calibrate_thresholds(model: RamPlus, seed: int, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """Per-tag thresholds at which about TAGS_PER_IMAGE tags pass per synthetic image."""
-    images = synthetic_images(model.arch.image_size, seed)
+    images = synthetic_images(model.arch.image_size, seed, count)
     scores = torch.cat([model(batch).sigmoid() for batch in images.split(32)])
     return torch.quantile(scores, 1 - TAGS_PER_IMAGE / scores.shape[1], dim=0)
 
 
-def synthetic_images(image_size: int, seed: int) -> torch.Tensor:
+def synthetic_images(image_size: int, seed: int, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """Smooth random colour fields at several scales (the low frequencies of photos), normalised."""
     generator = torch.Generator().manual_seed(seed)
     fields = []
-    for i in range(CALIBRATION_IMAGES):
+    for i in range(count):
         grid = 2 ** (1 + i % 4)
         coarse = torch.rand(1, 3, grid, grid, generator=generator)
         fields.append(F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False))

@@ -27,7 +27,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 @dataclass(frozen=True)
 class VicunaSize:
-    vocab_size: int = 512
+    vocab_size: int = 512  # at most: sentencepiece keeps fewer pieces when the corpus has fewer
     hidden_size: int = 64
     intermediate_size: int = 172
     num_hidden_layers: int = 2
@@ -45,8 +45,10 @@ def write_vicuna_folder(folder: Path, corpus: Iterable[str], seed: int = 0, size
         sentence_iterator=iter(list(corpus)), model_writer=model_proto, vocab_size=size.vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
         add_dummy_prefix=True, normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2,
+        hard_vocab_limit=False,  # a small corpus gives fewer pieces than asked for: the model takes what there is
     )  # fmt: skip
     (folder / "tokenizer.model").write_bytes(model_proto.getvalue())
+    vocab_size = spm.SentencePieceProcessor(model_proto=model_proto.getvalue()).get_piece_size()
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     tokenizer_config = {
         "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False, "legacy": False,
@@ -57,7 +59,7 @@ def write_vicuna_folder(folder: Path, corpus: Iterable[str], seed: int = 0, size
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
     config = LlamaConfig(
-        vocab_size=size.vocab_size, hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        vocab_size=vocab_size, hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
         num_key_value_heads=size.num_attention_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False,
