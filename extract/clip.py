@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers.utils import logging as hf_logging
 
 from lyrics.extract.checkpoints import ComponentSpec
 
@@ -107,9 +108,13 @@ def write_random_checkpoint(arch: dict[str, Any], seed: int, path: Path) -> None
 
 
 def _load_vision_model(path: Path) -> CLIPVisionModel:
-    model, info = CLIPVisionModel.from_pretrained(
-        path, local_files_only=True, dtype=torch.float32, output_loading_info=True
-    )
+    # transformers prints a table of a full CLIPModel's text-tower keys as "unexpected": checked below instead.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = CLIPVisionModel.from_pretrained(path, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = sorted(info["missing_keys"])
     unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(_OTHER_TOWER_PREFIXES))
     if missing or unexpected:

@@ -36,7 +36,9 @@ states; it gets no boxes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import logging
 import math
 import warnings
@@ -51,6 +53,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 from torchvision.ops import box_convert, nms
+from transformers.utils import logging as hf_logging
+
+# Upstream's own calls, deprecated in the torch it runs on; they mean nothing to whoever extracts.
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated", category=FutureWarning)
 
 with warnings.catch_warnings():
     # groundingdino's Swin imports timm's deprecated `timm.models.layers` path.
@@ -277,8 +284,14 @@ def build_model(arch: dict[str, Any], text_encoder: Path) -> nn.Module:
     """Upstream's build_model on the arch file's ``model`` fields, from local files only."""
     args = argparse.Namespace(**arch["model"], text_encoder_type=str(text_encoder))
     swin = functools.partial(gd_backbone.build_swin_transformer, **arch.get("swin", {}))
-    with patched(gd_model, "BertModelWarper", CompatBertWarper), patched(gd_backbone, "build_swin_transformer", swin):
-        model = upstream_build_model(args)
+    progress_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the BERT load's bar, and upstream's print of the text encoder's path: nothing to act on
+    try:
+        with patched(gd_model, "BertModelWarper", CompatBertWarper), patched(gd_backbone, "build_swin_transformer", swin), contextlib.redirect_stdout(io.StringIO()):
+            model = upstream_build_model(args)
+    finally:
+        if progress_bars:
+            hf_logging.enable_progress_bar()
     per_image_text_masks(model)
     return model.eval()
 

@@ -271,9 +271,8 @@ def _ray_token_available() -> bool:
 def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool) -> None:
     import ray.data
 
-    ray_data_log = logging.getLogger("ray.data")
-    ray_data_log.setLevel(logging.WARNING)  # our bar reports progress; keep Ray's plan logs in its files
-    ray_data_log.addFilter(lambda record: "Progress bars disabled" not in record.getMessage())  # ours replace them
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar reports progress; keep Ray's plan logs in its files
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": ours replace them
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # chunks arrive in shard order: commit as we go
     context.enable_progress_bars = False  # our own bar counts rows, rows/s and skips

@@ -4,9 +4,10 @@
 
 1. The paper profile's checkpoints at paper size with random weights, each in its real upstream
    layout (``lyrics/paper_random.py``), created once under ``{root}/checkpoints/paper-random``.
-2. A rehearsal configuration (``{root}/rehearse/pipelines.yaml``): the repository's, with the
-   sample data set cut to a few photos (one of them not square), the sample instructions and VQA
-   questions about those photos, and the paper recipes cut to two steps of two examples.
+2. A rehearsal configuration (``{root}/rehearse/pipelines.yaml``, the folder made anew each time):
+   the repository's, with a data set ``rehearse`` of a few sample photos (one of them not square),
+   the sample instructions and VQA questions about those photos, and the paper recipes cut to two
+   steps of two examples.
 3. With ``LYRICS_CONFIG``, ``LYRICS_PROFILE=paper`` and the ``LYRICS_*_PATH`` variables set, as a
    user sets them: ``make extract``, ``make pretrain``, ``make finetune``, ``make eval``, ``make chat``,
    each timed, with the peak memory of its processes (Ray's workers included) sampled every 0.2 s.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -67,10 +69,11 @@ def main() -> None:
     write_paper_checkpoints(checkpoints, llm_corpus(config))
     print(f"  ready in {time.perf_counter() - start:.0f} s", flush=True)
 
+    shutil.rmtree(work, ignore_errors=True)  # every rehearsal runs every phase from the start (the checkpoints stay)
     photo = write_rehearsal_data(config, work, max(3, args.photos))
     env = {**base_env, "LYRICS_CONFIG": str(work / "pipelines.yaml"), "LYRICS_PROFILE": "paper", **checkpoint_environment(checkpoints)}
     commands = {
-        "extract": ["make", "extract", "DATA=sample"],
+        "extract": ["make", "extract", "DATA=rehearse"],
         "pretrain": ["make", "pretrain"],
         "finetune": ["make", "finetune"],
         "eval": ["make", "eval", "BENCH=rehearse-vqa"],
@@ -116,14 +119,14 @@ def write_rehearsal_data(config: PipelinesConfig, work: Path, count: int) -> Pat
 
     raw = yaml.safe_load((Path(config.source) if config.source else DEFAULT_CONFIG).read_text())
     raw["root"] = str(work)
-    raw["datasets"]["sample"] = {"format": "webdataset", "path": str(work / "data" / "00000.tar"), "produced_by": "make rehearse"}
-    raw["instructions"] = {"sample": {"instructions": str(work / "data" / "instructions.jsonl"), "images": "sample", "produced_by": "make rehearse"}}
-    raw["benchmarks"] = {"rehearse-vqa": {"task": "vqa", "format": "vqa", "images": "sample", "source": "make rehearse",
+    raw["datasets"]["rehearse"] = {"format": "webdataset", "path": str(work / "data" / "00000.tar"), "produced_by": "make rehearse"}
+    raw["instructions"] = {"rehearse": {"instructions": str(work / "data" / "instructions.jsonl"), "images": "rehearse", "produced_by": "make rehearse"}}
+    raw["benchmarks"] = {"rehearse-vqa": {"task": "vqa", "format": "vqa", "images": "rehearse", "source": "make rehearse",
                                           "files": {"questions": str(work / "data" / "questions.json"), "annotations": str(work / "data" / "annotations.json"),
                                                     "image_names": str(sample / "coco" / "captions.json")}}}  # fmt: skip
     raw["extraction"]["batch_size"] = 2
     for stage in ("pretrain", "finetune"):
-        raw["training"][stage]["data"] = ["sample"]
+        raw["training"][stage]["data"] = ["rehearse"]
         raw["training"][stage]["recipes"]["paper"].update(SHORT_RECIPE)
     raw["training"]["num_workers"] = 0
     raw["evaluation"]["batch_size"] = 2
