@@ -1,1 +1,1 @@
-"""Benchmarks and metrics (not built yet): REC, captioning, VQA, POPE, MME."""
+"""Benchmarks and metrics: REC, captioning, VQA, exact match, multiple choice, POPE, MME; the runner and the results table."""
