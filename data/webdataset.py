@@ -105,11 +105,11 @@ def iter_shard(shard: Path) -> Iterator[WebSample | InputSkip]:
             continue
         seen.add(key)
         yield _to_sample(shard, key, members)
-    yield from reader.damage()
+    yield from reader.lost
 
 
 class _MemberGroups:
-    """(key, {extension: bytes}) per run of adjacent members sharing a key; after iterating, ``damage()``
+    """(key, {extension: bytes}) per run of adjacent members sharing a key; after iterating, ``lost``
     lists what a damaged tar lost (the group the damage cut, and unreadable bytes after the last member)."""
 
     def __init__(self, shard: Path) -> None:
@@ -150,9 +150,6 @@ class _MemberGroups:
             lost += len(block) - block.count(0)
         if lost:
             self.lost.append(InputSkip(f"@{offset}", str(self.shard), f"damaged_tar: {lost} bytes after byte {offset} are not tar members"))
-
-    def damage(self) -> list[InputSkip]:
-        return self.lost
 
 
 def _split_name(name: str) -> tuple[str, str]:

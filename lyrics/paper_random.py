@@ -43,6 +43,8 @@ PAPER_FILES = {
     "llm": (REPO_ROOT / "model" / "configs" / "llm" / "paper.json", "vicuna"),
 }
 BERT_FOLDER = "bert-base-uncased"
+# Grounding-DINO's random weights are calibrated with the tiny profile's settings (upstream's SwinT-OGC layout).
+GDINO_CALIBRATION = json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["random_init"]
 RAM_CALIBRATION_IMAGES = 16  # Swin-L at 384 px takes seconds per image on a CPU; the tiny profile calibrates on 128
 
 
@@ -68,7 +70,7 @@ def write_paper_checkpoints(folder: Path, llm_corpus: Iterable[str], names: Iter
     writers = {
         "clip": lambda arch, tmp: write_clip_model_folder(arch, 0, tmp),
         "ram": lambda arch, tmp: ram_plus.write_random_checkpoint({**arch, "vocabulary": str(write_placeholder_tags(folder))}, 0, tmp, RAM_CALIBRATION_IMAGES),
-        "gdino": lambda arch, tmp: write_grounding_dino(grounding_dino, arch, tmp),
+        "gdino": lambda arch, tmp: grounding_dino.write_random_checkpoint({**arch, "random_init": GDINO_CALIBRATION}, 0, tmp),
         "sam": lambda arch, tmp: sam_hq.write_random_checkpoint(arch, 0, tmp),
         "qformer": lambda arch, tmp: write_lavis_qformer(specs["qformer"].arch_path, 0, tmp),
         "llm": lambda arch, tmp: write_vicuna_folder(tmp, corpus, seed=0, size=VicunaSize(vocab_size=2000, hidden_size=256, intermediate_size=688, num_attention_heads=8)),
@@ -90,12 +92,6 @@ def write_clip_model_folder(arch: dict, seed: int, folder: Path) -> None:
         model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=vision["projection_dim"]))
     model.save_pretrained(folder)
     CLIPImageProcessor(**arch["image_processor"]).save_pretrained(folder)
-
-
-def write_grounding_dino(grounding_dino, arch: dict, path: Path) -> None:  # noqa: ANN001 - the module, imported late
-    """Upstream's SwinT-OGC layout; random weights calibrated with the tiny profile's settings."""
-    calibration = json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["random_init"]
-    grounding_dino.write_random_checkpoint({**arch, "random_init": calibration}, 0, path)
 
 
 @torch.no_grad()
