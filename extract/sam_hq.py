@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lyrics.extract.checkpoints import ComponentSpec
+from lyrics.extract.precision import bf16_autocast
 
 with warnings.catch_warnings():
     # The package imports timm's deprecated paths and re-registers timm's TinyViT names.
@@ -90,6 +91,7 @@ class SamHq:
         self.image_size: int = model.image_encoder.img_size
         self.transform = ResizeLongestSide(self.image_size)
         self.preprocess = SamPreprocess(self.image_size)
+        self.bf16: bool | None = None  # the image encoder's bf16 autocast: None = on a GPU only (extract/precision.py)
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +116,9 @@ class SamHq:
         prompted = [i for i, image_boxes in enumerate(boxes) if len(image_boxes) > 0 and max_objects > 0]
         if not prompted:
             return SamObjects(tokens=tokens, valid=valid, masks=masks)
-        with _autocast(device):
+        # bf16 for the image encoder only: the prompt encoder's random-Fourier box encoding loses its
+        # fine positions in bf16, and the prompt encoder and decoder are a small part of the work.
+        with bf16_autocast(device, self.bf16):
             embeddings, interm = self.model.image_encoder(images[prompted].to(device))
         embeddings = embeddings.float()
         for row, i in enumerate(prompted):
@@ -213,13 +217,6 @@ def _build(arch: dict[str, Any]) -> Sam:
         raise ValueError(f"sam: unknown model_type {model_type!r}; the registry has {sorted(sam_model_registry)}")
     # checkpoint=None: the builder's own loading calls torch.load without map_location/weights_only.
     return sam_model_registry[model_type](checkpoint=None)
-
-
-def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 for the image encoder on a GPU, as the rest of the pipeline; full precision on CPU.
-    The prompt encoder and decoder stay in float32: their random-Fourier box encoding loses its
-    fine positions in bf16, and they are a small part of the work on a GPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _masked_mean(embedding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

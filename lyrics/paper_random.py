@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lyrics.config import REPO_ROOT
+from lyrics.config import REPO_ROOT, PipelinesConfig
 from lyrics.extract.checkpoints import CHECKPOINT_ENV, ComponentSpec
 
 CONFIGS = REPO_ROOT / "extract" / "configs"
@@ -45,7 +45,15 @@ PAPER_FILES = {
 BERT_FOLDER = "bert-base-uncased"
 # Grounding-DINO's random weights are calibrated with the tiny profile's settings (upstream's SwinT-OGC layout).
 GDINO_CALIBRATION = json.loads((CONFIGS / "tiny" / "groundingdino.json").read_text())["random_init"]
+# Vicuna-13B v1.5's config.json sizes (LLaMA-2-13B): bench/gpu_check.py builds this shape on the GPU.
+VICUNA_13B_SHAPE = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+                    "num_key_value_heads": 40, "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}  # fmt: skip
 RAM_CALIBRATION_IMAGES = 16  # Swin-L at 384 px takes seconds per image on a CPU; the tiny profile calibrates on 128
+
+
+def paper_random_folder(config: PipelinesConfig) -> Path:
+    """Where `make rehearse` and bench/gpu_check.py keep these checkpoints: ``{root}/checkpoints/paper-random``."""
+    return config.path("{root}") / "checkpoints" / "paper-random"
 
 
 def paper_specs(folder: Path) -> dict[str, ComponentSpec]:

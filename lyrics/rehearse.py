@@ -61,9 +61,9 @@ def main() -> None:
     base_env = {**os.environ, **({"LYRICS_CONFIG": str(args.config.resolve())} if args.config else {})}
     subprocess.run([sys.executable, "-m", "lyrics.data.sample", "--if-missing"], env=base_env, check=True)
 
-    from lyrics.paper_random import checkpoint_environment, write_paper_checkpoints
+    from lyrics.paper_random import checkpoint_environment, paper_random_folder, write_paper_checkpoints
 
-    checkpoints = root / "checkpoints" / "paper-random"
+    checkpoints = paper_random_folder(config)
     print(f"paper-size checkpoints at random weights, in their upstream layouts: {checkpoints}", flush=True)
     start = time.perf_counter()
     write_paper_checkpoints(checkpoints, llm_corpus(config))

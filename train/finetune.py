@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lyrics.config import ConfigError, FinetuneConfig, FinetuneRecipe, PipelinesConfig, load_config
 from lyrics.data.errors import DataFormatError
@@ -135,10 +135,23 @@ def prepare(plan: FinetunePlan, restart: bool = False) -> Prepared:
     resume = start_run(plan.run_dir, plan.identity(), restart)
     dataset = open_instruction_sets(plan.config, plan.profile, plan.settings.data, cache_expectation(plan.config, plan.profile))
     mqformer, tokenizer, spatial_representation = _mqformer(plan)
-    llm_spec = component_spec(plan.config, plan.profile, "llm")
-    llm, llm_tokenizer = load_llm(llm_spec)
+    llm, llm_tokenizer = load_llm(component_spec(plan.config, plan.profile, "llm"))
+    model, encoder, lora = assemble_lvlm(plan, mqformer, tokenizer, spatial_representation, llm, llm_tokenizer)
+    return Prepared(dataset, model, encoder, lora, resume)
+
+
+def assemble_lvlm(
+    plan: FinetunePlan,
+    mqformer: MQFormer,
+    tokenizer: PreTrainedTokenizerBase,
+    spatial_representation: bool,
+    llm: PreTrainedModel,
+    llm_tokenizer: PreTrainedTokenizerBase,
+) -> tuple[LyricsLVLM, SampleEncoder, LoraSettings]:
+    """The plan's LVLM on these parts (projection and LoRA seeded from the recipe) and its sample encoder."""
     recipe = plan.recipe
-    lora = LoraSettings(recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout, LLMArch.from_spec(llm_spec).lora_targets)
+    targets = LLMArch.from_spec(component_spec(plan.config, plan.profile, "llm")).lora_targets
+    lora = LoraSettings(recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout, targets)
     with torch.random.fork_rng(devices=[]):  # projection and LoRA initialised from the recipe's seed
         torch.manual_seed(recipe.seed)
         model = LyricsLVLM(mqformer, llm, lora)
@@ -150,8 +163,7 @@ def prepare(plan: FinetunePlan, restart: bool = False) -> Prepared:
         max_prompt_objects=recipe.max_prompt_objects,
         max_text_tokens=recipe.max_text_tokens,
     )
-    encoder = SampleEncoder(llm_tokenizer, tokenizer, prompt, model.num_visual_tokens)
-    return Prepared(dataset, model, encoder, lora, resume)
+    return model, SampleEncoder(llm_tokenizer, tokenizer, prompt, model.num_visual_tokens), lora
 
 
 def _mqformer(plan: FinetunePlan) -> tuple[MQFormer, PreTrainedTokenizerBase, bool]:

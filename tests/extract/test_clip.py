@@ -58,6 +58,20 @@ def test_tokens_are_the_second_to_last_hidden_states(tiny: ClipVision, pixels: t
     assert not torch.allclose(tokens, out.last_hidden_state)
 
 
+def test_bf16_is_a_switch_off_on_a_cpu_by_default(tiny: ClipVision, pixels: torch.Tensor) -> None:
+    default = tiny(pixels)
+    try:
+        tiny.bf16 = False
+        assert torch.equal(tiny(pixels), default)  # None on a CPU: float32
+        tiny.bf16 = True
+        bf16 = tiny(pixels)
+    finally:
+        tiny.bf16 = None
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, default)
+    cosine = torch.nn.functional.cosine_similarity(bf16, default, dim=-1)
+    assert float(cosine.min()) > 0.999
+
+
 def test_tiny_checkpoint_round_trip(pixels: torch.Tensor, tmp_path: Path) -> None:
     arch = json.loads(TINY_ARCH.read_text())
     torch.manual_seed(0)

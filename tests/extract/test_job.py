@@ -353,7 +353,7 @@ def test_the_rec_grid_reads_the_images_back_from_the_cache_rows_sources(config_p
     assert Image.open(png).size == (4 * 4.0 * 80, 1 * 4.4 * 80)  # one row of four panels at 80 dpi
 
 
-@pytest.mark.cluster  # two minutes of Ray nodes: `make test-cluster`, which CI runs after `make test`
+@pytest.mark.cluster  # two minutes of Ray nodes: `make test-slow`, which CI runs after `make test`
 def test_the_readmes_two_node_cluster_writes_the_cache_one_process_writes(config_path, sample_cache, tmp_path):
     """README's cluster commands, as written, on a machine that holds a Ray token (so the head turns token
     authentication on), with a second Ray node on the same machine: the cache equals a one-process one, file for file."""
