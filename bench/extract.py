@@ -1,6 +1,6 @@
 """Phase-1 extraction throughput, three ways, on the same images and models in one run.
 
-    python bench/extract.py [--data sample] [--profile tiny] [--repeats 1] [--out bench/results] [--paper-random]
+    python bench/extract.py [--data sample] [--profile tiny] [--repeats 1] [--pipeline-images 512] [--out bench/results] [--paper-random]
 
 1. Per-image loop, as the Grounded-SAM demos run: for each image, decode, preprocess, then CLIP,
    RAM++, Grounding-DINO and SAM-HQ on a batch of one (``run_stage`` on a one-image chunk), in
@@ -21,6 +21,14 @@ before anything is timed, and each in-process loop is run once on 2 images as wa
 ``--repeats N`` times each in-process loop N times (alternating the two) and reports the median
 pass; on a small shared CPU machine one pass of 16 images can vary by tens of percent.
 
+4. The pipeline alone (``pipeline``): the Ray job with null model stages (``extract/null_model.py``:
+   outputs of the paper profile's cache shapes at once), so that only reading, decoding + resizing to
+   the paper models' sizes, moving parts between actors and writing cache shards are timed, on
+   ``--pipeline-images`` copies of the sample photos in tars of 64, parts of 32, ``decode_workers``
+   = cores. Samples/s, MB/s committed, and the bytes of arrays that reached the driver (0 by
+   design), on one local Ray node and on two (``ray start --head`` + ``ray start --address``, both on
+   this machine: the plumbing of a cluster, not more cores).
+
 ``--paper-random``: loops 1 and 2 with the paper profile's architecture files
 (``extract/configs/paper/*.json``: CLIP ViT-L/14, RAM++ Swin-L, Grounding-DINO Swin-T + BERT-base,
 SAM-HQ ViT-H) at random weights, in their upstream layouts as ``lyrics/paper_random.py`` writes them
@@ -31,6 +39,7 @@ component loaders, on the GPU; written to ``<out>/extract_paper_random.json``. W
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +50,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +58,9 @@ from typing import Any
 import torch
 
 from lyrics.config import ConfigError, PipelinesConfig, load_config
-from lyrics.data.webdataset import WebSample
+from lyrics.data.webdataset import TarShard, WebSample
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
-from lyrics.extract.job import ExtractJob, InputShard, run
+from lyrics.extract.job import ExtractJob, InputShard, run, run_with_stats
 from lyrics.extract.cache_location import STAGES
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 
@@ -220,20 +229,101 @@ def ray_startup() -> dict[str, float]:
 
 
 def ray_job(config: PipelinesConfig, data: str, profile: str) -> dict[str, Any]:
+    """The job into a fresh cache: wall time from planning to the manifest, and the execution alone
+    (from the first part requested to the last part counted: actors and their models start inside it)."""
     import ray
 
     cache = Path(tempfile.mkdtemp(prefix="bench-extract-cache-"))
     try:
         start = time.perf_counter()
         job = plan_job(config, data, profile, cache_root=cache)
-        manifest = run(job, progress=False)
+        manifest, stats = run_with_stats(job, progress=False)
         wall = time.perf_counter() - start
         start = time.perf_counter()
         ray.shutdown()
         shutdown = time.perf_counter() - start
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return {"images": manifest.rows, "skipped": len(manifest.skipped), "seconds": wall, "images_per_s": manifest.rows / wall, "shutdown_s": shutdown}
+    return {"images": manifest.rows, "skipped": len(manifest.skipped), "seconds": wall, "images_per_s": manifest.rows / wall,
+            "execution_seconds": stats.seconds, "execution_images_per_s": manifest.rows / stats.seconds,
+            "driver_tensor_bytes": stats.driver_tensor_bytes, "shutdown_s": shutdown}  # fmt: skip
+
+
+# --- measurement 4: the pipeline alone ----------------------------------------------------------------
+PIPELINE_SHARD, PIPELINE_PART = 64, 32
+
+
+def pipeline_shards(samples: list[Sample], folder: Path, count: int) -> tuple[TarShard, ...]:
+    """``count`` copies of the sample photos (keys made unique) in tars of PIPELINE_SHARD."""
+    from lyrics.data.sample.shards import ShardSample, write_tar
+
+    folder.mkdir(parents=True)
+    copies = [ShardSample(f"{i:09d}", "jpg", samples[i % len(samples)].data, "a photo", {}) for i in range(count)]
+    paths = []
+    for start in range(0, count, PIPELINE_SHARD):
+        paths.append(folder / f"{start // PIPELINE_SHARD:05d}.tar")
+        write_tar(paths[-1], copies[start : start + PIPELINE_SHARD])
+    return tuple(TarShard(path) for path in paths)
+
+
+def null_pipeline(config: PipelinesConfig, shards: tuple[TarShard, ...], cache: Path) -> dict[str, Any]:
+    """The job with null model stages on the paper profile's shapes (no checkpoint is read)."""
+    settings = config.extraction.model_copy(update={"part_size": PIPELINE_PART, "decode_workers": machine_cores()})
+    job = ExtractJob(config.model_copy(update={"extraction": settings}), "pipeline", "paper", shards, cache)
+    start = time.perf_counter()
+    manifest, stats = run_with_stats(job, progress=False, null_models=True)
+    wall = time.perf_counter() - start
+    return {
+        "samples": manifest.rows, "parts": stats.parts, "seconds": stats.seconds, "seconds_with_startup": wall,
+        "samples_per_s": stats.rows / stats.seconds, "mb_per_s_committed": stats.bytes_written / 1e6 / stats.seconds,
+        "bytes_per_sample": stats.bytes_written / stats.rows, "driver_tensor_bytes": stats.driver_tensor_bytes,
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def two_node_cluster() -> Iterator[str]:
+    """A head and a second Ray node on this machine, as the README starts them; yields the address."""
+    import socket
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"} if _token_here() else dict(os.environ)
+    address = f"127.0.0.1:{port}"
+    try:
+        for command in ([ray_cli, "start", "--head", f"--port={port}"], [ray_cli, "start", f"--address={address}"]):
+            subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=300)
+        yield address
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=300)
+
+
+def _token_here() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def pipeline(config: PipelinesConfig, samples: list[Sample], count: int, work: Path) -> dict[str, Any]:
+    import ray
+
+    shards = pipeline_shards(samples, work / "pipeline-data", count)
+    print(f"the pipeline alone (null models, paper shapes): {count} images, one Ray node ...", flush=True)
+    result = null_pipeline(config, shards, work / "pipeline-one-node")
+    ray.shutdown()
+    print("... and two Ray nodes on this machine", flush=True)
+    saved = os.environ.get("RAY_ADDRESS")
+    with two_node_cluster() as address:
+        os.environ["RAY_ADDRESS"] = address
+        try:
+            two = null_pipeline(config, shards, work / "pipeline-two-nodes")
+        finally:
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS")
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
+    cores = machine_cores()
+    return {**result, "cores": cores, "per_core_samples_per_s": result["samples_per_s"] / cores,
+            "two_nodes": two, "two_nodes_samples_per_s": two["samples_per_s"]}  # fmt: skip
 
 
 # --- paper architectures at random weights ------------------------------------------------------------
@@ -277,7 +367,9 @@ def print_tables(results: dict[str, Any]) -> None:
     if "ray_job" in runs:
         r = runs["ray_job"]
         print(f"{'Ray job minus Ray start-up':<32}{r['images']:>8}{r['seconds_minus_startup']:>10.2f}{r['images_per_s_minus_startup']:>10.2f}{r['images_per_s_minus_startup'] / base:>14.2f}")
-        print(f"Ray start-up alone (ray.init): {r['startup']['init_s']:.2f} s, ray.shutdown: {r['startup']['shutdown_s']:.2f} s")
+        print(f"{'Ray job execution (no start-up)':<32}{r['images']:>8}{r['execution_seconds']:>10.2f}{r['execution_images_per_s']:>10.2f}{r['execution_images_per_s'] / base:>14.2f}")
+        print(f"Ray start-up alone (ray.init): {r['startup']['init_s']:.2f} s, ray.shutdown: {r['startup']['shutdown_s']:.2f} s; "
+              f"Ray job execution / batched loop: {results['ratios']['ray_job_over_batched']:.2f}")  # fmt: skip
     print(f"in-process model loading (all four, checkpoints present): {results['model_load_s']:.2f} s")
 
     print("\ntime per image by stage, ms (images/s of the stage alone)")
@@ -301,6 +393,14 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"{label}: {r['mean_tags_per_image']:.1f} tags, {r['mean_boxes_per_image']:.1f} boxes per image on average")
 
 
+def print_pipeline(p: dict[str, Any]) -> None:
+    print(f"\nthe pipeline alone (null models, paper shapes; read, decode + resize, move, write), {p['samples']} images in {p['parts']} parts")
+    print(f"{'Ray nodes':<12}{'samples/s':>11}{'per core':>10}{'MB/s committed':>16}{'MB/sample':>11}{'driver tensor bytes':>21}")
+    for label, r in (("1", p), ("2 (one host)", p["two_nodes"])):
+        print(f"{label:<12}{r['samples_per_s']:>11.1f}{r['samples_per_s'] / p['cores']:>10.1f}{r['mb_per_s_committed']:>16.1f}"
+              f"{r['bytes_per_sample'] / 1e6:>11.2f}{r['driver_tensor_bytes']:>21}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sample", help="a dataset registered in pipelines.yaml")
@@ -308,6 +408,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes of each in-process loop, alternated; the median is reported")
+    parser.add_argument("--pipeline-images", type=int, default=512, help="images of measurement 4, the pipeline alone")
     parser.add_argument("--paper-random", action="store_true", help="loops 1 and 2 with the paper architectures at random weights (GPU only)")
     args = parser.parse_args()
     quiet_libraries()
@@ -357,14 +458,21 @@ def main() -> None:
             net = job_run["seconds"] - startup["init_s"]
             job_run.update(startup=startup, seconds_minus_startup=net, images_per_s_minus_startup=job_run["images"] / net)
             results["runs"]["ray_job"] = job_run
+            results["pipeline"] = pipeline(config, samples, args.pipeline_images, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     runs = results["runs"]
     results["ratios"] = {"batched_over_per_image": runs["batched"]["images_per_s"] / runs["per_image"]["images_per_s"]}
     if "ray_job" in runs:
-        results["ratios"]["ray_job_over_per_image"] = runs["ray_job"]["images_per_s"] / runs["per_image"]["images_per_s"]
+        results["ratios"]["ray_job_with_startup_over_per_image"] = runs["ray_job"]["images_per_s"] / runs["per_image"]["images_per_s"]
         results["ratios"]["ray_job_minus_startup_over_per_image"] = runs["ray_job"]["images_per_s_minus_startup"] / runs["per_image"]["images_per_s"]
+        # Start-up (Ray, actors, their models) apart: the job's execution against the loops, which load nothing.
+        results["ratios"]["ray_job_over_per_image"] = runs["ray_job"]["execution_images_per_s"] / runs["per_image"]["images_per_s"]
+        results["ratios"]["ray_job_over_batched"] = runs["ray_job"]["execution_images_per_s"] / runs["batched"]["images_per_s"]
+        results["ratios"]["ray_job_with_startup_over_batched"] = runs["ray_job"]["images_per_s"] / runs["batched"]["images_per_s"]
     print_tables(results)
+    if "pipeline" in results:
+        print_pipeline(results["pipeline"])
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("extract_paper_random.json" if args.paper_random else "extract.json")
     path.write_text(json.dumps(results, indent=2) + "\n")

@@ -16,8 +16,8 @@ One warm-up step each, then ``--steps`` timed. Printed and written to ``<out>/tr
 cache/online (the speed-up of caching), seconds per step of every phase, the last losses, and how far
 the first batch's online features are from the cached ones. torch uses every core (no OMP_NUM_THREADS).
 ``--paper-random`` (GPU only, ``train_paper_random.json``): paper-size frozen models at random weights
-as bench/extract.py builds them (their cache of the images is written first: ``DecodeStage`` chunks,
-``store_rows``), a random paper MQ-Former, the paper recipe, bf16 autocast as the trainer's bf16-mixed.
+as bench/extract.py builds them (their cache of the images is written first, through the job's stages
+in this process), a random paper MQ-Former, the paper recipe, bf16 autocast as the trainer's bf16-mixed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from lyrics.config import PipelinesConfig, PretrainRecipe, load_config
 from lyrics.data.webdataset import WebSample
 from lyrics.extract.cache_location import STAGES, cache_schema, extraction_settings
 from lyrics.extract.images import ImageLimits, decode_image
-from lyrics.extract.job import TENSOR_KEYS, DecodeStage, store_rows
+from lyrics.extract.job import DecodeStage, ReadStage, WriteStage, run_model_on_part
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 from lyrics.model.factory import mqformer_config
 from lyrics.model.mqformer import MQFormer
@@ -148,16 +148,18 @@ def stream_batches(config: PipelinesConfig, data: str, dataset: ConcatDataset, s
 
 
 def write_cache(root: Path, config: PipelinesConfig, data: str, models: FrozenModels) -> None:
-    """--paper-random: the job's chunks (``DecodeStage``) through the models in this process, written as the job's driver writes them."""
+    """--paper-random: the job's stages (read, decode, each model, write) in this process, part by part."""
     storage = StorageOptions(config.extraction.storage.dtype, config.extraction.storage.top_q)
     writer = CacheWriter(root, CacheIdentity(cache_schema(config, "paper"), storage, extraction_settings(config, "paper"), {"bench": "random"}))
     shards = bench_extract.plan_job(config, data, "tiny").shards
-    decode = DecodeStage(config, "paper", data, shards)
-    for index, shard in enumerate(shards):
-        with writer.open_shard(shard.name, shard.source) as out:
-            for record in (item["record"] for item in decode({"shard": index}) if item["record"]["rows"]):
-                record = models.run(record)
-                out.add_batch(store_rows(data, record), {k: record[k] for k in TENSOR_KEYS})
+    read = ReadStage(shards, config.extraction.part_size, writer.shards_dir)
+    decode, write = DecodeStage(config, "paper", data), WriteStage(data, writer.shards_dir, writer.identity)
+    for index in range(len(shards)):
+        for part in read({"shard": index}):
+            record = decode(part)["record"]
+            for name in STAGES:
+                record = run_model_on_part(name, getattr(models, name), record, config.extraction)
+            write({"record": record})
     writer.finalize()
 
 

@@ -42,6 +42,10 @@ class ClipPreprocess:
         self.std = torch.tensor(settings["image_std"], dtype=torch.float32)[:, None, None]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resize(image))
+
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """The resized, cropped image, (H, W, 3) uint8: what the job's decode workers send to the model."""
         image = image.convert("RGB")
         width, height = image.size
         short, long = sorted((width, height))
@@ -50,8 +54,11 @@ class ClipPreprocess:
         resized = image.resize(size, self.resample)
         crop_height, crop_width = self.crop
         top, left = int(round((size[1] - crop_height) / 2.0)), int(round((size[0] - crop_width) / 2.0))
-        cropped = resized.crop((left, top, left + crop_width, top + crop_height))
-        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / np.float32(255)).permute(2, 0, 1)
+        return np.asarray(resized.crop((left, top, left + crop_width, top + crop_height)))
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float32: /255, then CLIP's mean/std."""
+        pixels = torch.from_numpy(image.astype(np.float32) / np.float32(255)).permute(2, 0, 1)
         return (pixels - self.mean) / self.std
 
 

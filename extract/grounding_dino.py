@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -114,8 +115,16 @@ class GdinoPreprocess:
         self.max_size: int = image["max_size"]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resize(image))
+
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """(H, W, 3) uint8 at upstream's size: what the job's decode workers send to the model."""
         resized, _ = gd_transforms.resize(image.convert("RGB"), None, self.short_side, self.max_size)
-        return TF.normalize(TF.to_tensor(resized), MEAN, STD)
+        return np.asarray(resized)
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        # A writable copy: arrays from Ray's object store (or PIL) are read-only, which torch warns about.
+        return TF.normalize(TF.to_tensor(np.array(image)), MEAN, STD)
 
 
 class GroundingDino:

@@ -1,11 +1,14 @@
-"""Phase 1 as a Ray Data job: input shards -> decode + preprocess (CPU actors) -> CLIP, RAM++,
-Grounding-DINO, SAM-HQ (one actor pool each, batched) -> cache shards written through ``store``.
+"""Phase 1 as a Ray Data job, one row per *part* (up to ``part_size`` consecutive inputs of one input shard):
 
-The unit of work is a *chunk*: up to ``batch_size`` images of one input shard. Chunks never span
-shards, so a shard's content does not depend on what else runs, and a resumed job (committed
-shards are skipped, partial ones redone) writes exactly what an uninterrupted one writes. The
-driver receives chunks in order and commits each cache shard when its last chunk arrives.
-``ray.init()`` starts Ray locally, or joins the cluster named by ``RAY_ADDRESS``, unchanged.
+    read (a task per input shard) -> decode + resize to uint8 (CPU actors) -> CLIP, RAM++, Grounding-DINO,
+    SAM-HQ (an actor pool each: normalise, then batches of ``batch_size``) -> write (tasks) -> the driver
+
+Each part becomes one cache shard (``00042.0003``), written and committed atomically by the worker
+that holds its features; the driver receives counts only and finalises the manifest. A part's
+content depends on its input bytes and the settings alone, never on its neighbours or on
+scheduling, so a resumed job (committed parts are read past, partial ones redone) writes exactly
+what an uninterrupted one writes. ``ray.init()`` starts Ray locally, or joins the cluster named by
+``RAY_ADDRESS``; the cache root must be a path every node can write (a shared file system).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +33,11 @@ from lyrics.data.webdataset import InputSkip, TarShard, WebSample, expand_shards
 from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
 from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
-from lyrics.extract.refiner import Chunk, ensure_checkpoints, load_stage, merge_images, new_chunk, preprocessors, run_stage, select_images
-from lyrics.store import CacheIdentity, CacheWriter, Manifest, check_resumable, committed_shards, sample_id
+from lyrics.extract.null_model import NullModel
+from lyrics.extract.refiner import Chunk, ensure_checkpoints, load_stage, merge_images, preprocessors, run_stage, select_images, stack_pixels
+from lyrics.store import CacheIdentity, CacheWriter, Manifest, ShardWriter, check_resumable, committed_shards, sample_id
+from lyrics.store.manifest import SHARD_META_NAME
+from lyrics.store.writer import SHARDS_DIR, read_shard_record
 
 
 InputShard = TarShard | FolderShard  # each becomes the cache shard of the same name
@@ -82,106 +87,144 @@ def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...
         ) from None
 
 
-# --- stage 1: read, decode once, preprocess for every model (CPU tasks) -----------------------------
-class DecodeStage:
-    """Turns one input shard into chunks of preprocessed images; every input is a row or a skip."""
+# --- stage 1: read an input shard front to back, in parts of raw inputs (one task per shard) ----------
+def part_name(shard: str, index: int) -> str:
+    """The cache shard of part ``index`` of an input shard: ``00042.0003``."""
+    return f"{shard}.{index:04d}"
 
-    def __init__(self, config: PipelinesConfig, profile: str, dataset: str, shards: tuple[InputShard, ...]) -> None:
-        self.shards = shards
-        self.preprocessors = preprocessors(config, profile)
-        self.limits = ImageLimits.of(config.extraction)
-        self.batch_size = config.extraction.batch_size
-        self.dataset = dataset
+
+class ReadStage:
+    """Cuts one input shard into parts of ``part_size`` consecutive inputs (bytes, not yet decoded).
+
+    Reading is cheap next to decoding, so one task reads a whole shard while the decode actors work
+    on its parts in parallel. A part's content depends on the shard's bytes and ``part_size`` alone.
+    Parts already committed (a resumed run) are read past, not sent on.
+    """
+
+    def __init__(self, shards: tuple[InputShard, ...], part_size: int, shards_dir: Path) -> None:
+        self.shards, self.part_size, self.shards_dir = shards, part_size, shards_dir
 
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         shard = self.shards[item["shard"]]
-        name = shard.name
-        samples, skips, inputs = [], [], 0
-        chunks: list[list[dict[str, Any]]] = []
+        inputs: list[WebSample | InputSkip] = []
+        index = 0
         for sample in shard.samples():
-            inputs += 1
-            uid = sample_id(self.dataset, name, sample.key)
+            if len(inputs) == self.part_size:  # a full part with more to come: not the last
+                yield from self._part(shard, index, inputs, last=False)
+                index, inputs = index + 1, []
+            inputs.append(sample)
+        yield from self._part(shard, index, inputs, last=True)
+
+    def _part(self, shard: InputShard, index: int, inputs: list[WebSample | InputSkip], last: bool) -> Iterator[dict[str, Any]]:
+        name = part_name(shard.name, index)
+        if (self.shards_dir / name / SHARD_META_NAME).is_file():
+            return
+        yield {"record": {"shard": shard.name, "source": shard.source, "part": index, "name": name, "last": last, "inputs": inputs}}
+
+
+# --- stage 2: decode once, resize for every model (CPU actors) ------------------------------------------
+class DecodeStage:
+    """Decodes a part's images and resizes each for every model, as uint8: what crosses the object
+    store is what the models need, a quarter of the bytes of their float inputs. Every input is a row
+    or a skip."""
+
+    def __init__(self, config: PipelinesConfig, profile: str, dataset: str) -> None:
+        self.preprocessors = preprocessors(config, profile)
+        self.limits = ImageLimits.of(config.extraction)
+        self.dataset = dataset
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        record = dict(item["record"])
+        inputs = record.pop("inputs")
+        rows, skips, images = [], [], []
+        for sample in inputs:
+            uid = sample_id(self.dataset, record["shard"], sample.key)
             if isinstance(sample, InputSkip):
                 skips.append({"id": uid, "file": sample.file, "reason": sample.reason})
                 continue
             try:
-                member = self._prepare(sample)
+                images.append(self._resize(sample))
             except ImageRejected as e:
                 skips.append({"id": uid, "file": f"{sample.shard}:{sample.key}", "reason": str(e)})
                 continue
-            samples.append({"id": uid, "key": sample.key, "file": sample.shard, "caption": sample.caption, "meta": sample.meta, **member})
-            if len(samples) == self.batch_size:
-                chunks.append(samples)
-                samples = []
-        if samples or not chunks:
-            chunks.append(samples)
-        for index, members in enumerate(chunks):
-            last = index == len(chunks) - 1
-            record = {"shard": name, "source": shard.source, "chunk": index, "last": last, "rows": [_row_fields(m) for m in members]}
-            # The shard's totals travel with its last chunk: the writer checks rows + skips = inputs.
-            record["skips"], record["inputs"] = (skips, inputs) if last else ([], 0)
-            if members:
-                record.update(new_chunk([m["pixels"] for m in members], [m["size"] for m in members]))
-            yield {"record": record}
+            width, height = images[-1].pop("size")
+            rows.append({"id": uid, "key": sample.key, "file": sample.shard, "caption": sample.caption, "meta": sample.meta, "width": width, "height": height})
+        record.update(inputs=len(inputs), rows=rows, skips=skips, sizes=[(r["width"], r["height"]) for r in rows])
+        for name in STAGES:
+            record[f"{name}_images"] = [image[name] for image in images]
+        return {"record": record}
 
-    def _prepare(self, sample: WebSample) -> dict[str, Any]:
-        """The upright image's size and every model's input; a model's preprocessing that fails is a skip."""
+    def _resize(self, sample: WebSample) -> dict[str, Any]:
+        """The upright image's size and every model's resized input; a model's preprocessing that fails is a skip."""
         image = decode_image(sample.image_bytes, self.limits)
-        pixels = {}
+        resized: dict[str, Any] = {"size": image.size}
         for model, prepare in self.preprocessors.items():
             try:
-                pixels[model] = prepare(image)
+                resized[model] = prepare.resize(image)
             except Exception as e:  # noqa: BLE001 - one image's failure is that image's skip
                 raise ImageRejected("preprocess_failed", f"{model}: {type(e).__name__}: {e}") from None
-        return {"size": image.size, "pixels": pixels}
+        return resized
 
 
-def _row_fields(member: dict[str, Any]) -> dict[str, Any]:
-    width, height = member["size"]
-    return {"id": member["id"], "key": member["key"], "file": member["file"], "caption": member["caption"], "meta": member["meta"], "width": width, "height": height}
-
-
-# --- stage 2: one frozen model per actor pool ---------------------------------------------------------
+# --- stage 3: one frozen model per actor pool, in batches of one part's images -----------------------------
 class ModelStage:
-    def __init__(self, config: PipelinesConfig, profile: str, name: str) -> None:
+    def __init__(self, config: PipelinesConfig, profile: str, name: str, null: bool = False) -> None:
         import torch
 
         if not torch.cuda.is_available():
             # The actors share the CPU: one thread each, or their threads spin-wait on each other.
             torch.set_num_threads(1)
         self.name, self.settings = name, config.extraction
-        self.model = load_stage(config, profile, name)
+        # null: outputs of the cache's shapes at once, no model (bench/extract.py times the pipeline alone)
+        self.model = NullModel(name, cache_schema(config, profile)) if null else load_stage(config, profile, name)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        record: Chunk = item["record"]
-        if record["rows"]:
-            record = run_stage_skipping_failures(self.name, self.model, record, self.settings)
-        return {"record": record}
+        return {"record": run_model_on_part(self.name, self.model, item["record"], self.settings)}
 
 
-def run_stage_skipping_failures(name: str, model: Any, record: Chunk, settings: ExtractionConfig) -> Chunk:
-    """``run_stage`` on the chunk; if it fails, image by image, so that only the images it fails on
-    become skips (``model_failed: <stage>: <error>``) and the others go on."""
-    try:
-        return run_stage(name, model, dict(record), settings)  # a copy: run_stage pops its inputs
-    except Exception:  # noqa: BLE001 - find the image(s) at fault below
-        if len(record["rows"]) == 1:
-            raise
+def run_model_on_part(name: str, model: Any, record: Chunk, settings: ExtractionConfig) -> Chunk:
+    """One frozen model over a part's images, ``batch_size`` at a time: its uint8 inputs normalised
+    (``model.preprocess.normalize``), run, and the outputs merged; images it fails on become skips."""
+    count = len(record["rows"])
+    if not count:
+        return record
     done, failed = [], []
-    for index in range(len(record["rows"])):
-        single = select_images(record, [index])
-        try:
-            done.append(run_stage(name, model, single, settings))
-        except Exception as e:  # noqa: BLE001 - this image's skip, not the job's end
-            row = record["rows"][index]
-            log.warning("%s failed on %s: %s: %s", name, row["id"], type(e).__name__, e)
-            failed.append({"id": row["id"], "file": f"{row['file']}:{row['key']}", "reason": f"model_failed: {name}: {type(e).__name__}: {e}"})
+    for start in range(0, count, settings.batch_size):
+        batch = select_images(record, list(range(start, min(start + settings.batch_size, count))))
+        images = batch.pop(f"{name}_images")
+        if isinstance(model, NullModel):
+            done.append(model(batch))
+            continue
+        batch[f"{name}_pixels"] = stack_pixels(name, [model.preprocess.normalize(image) for image in images])
+        outputs, lost = run_stage_skipping_failures(name, model, batch, settings)
+        done.append(outputs)
+        failed += lost
     merged = merge_images(record, done)
     merged["skips"] = record["skips"] + failed
     return merged
 
 
-# --- stage 3: rows for the store, written by the driver -----------------------------------------------
+def run_stage_skipping_failures(name: str, model: Any, batch: Chunk, settings: ExtractionConfig) -> tuple[Chunk, list[dict[str, str]]]:
+    """``run_stage`` on the batch; if it fails, image by image, so that only the images it fails on
+    become skips (``model_failed: <stage>: <error>``, returned beside the outputs) and the others go on."""
+    try:
+        return run_stage(name, model, dict(batch), settings), []  # a copy: run_stage pops its inputs
+    except Exception:  # noqa: BLE001 - find the image(s) at fault below
+        if len(batch["rows"]) == 1:
+            raise
+    done, failed = [], []
+    for index in range(len(batch["rows"])):
+        single = select_images(batch, [index])
+        try:
+            done.append(run_stage(name, model, single, settings))
+        except Exception as e:  # noqa: BLE001 - this image's skip, not the job's end
+            row = batch["rows"][index]
+            log.warning("%s failed on %s: %s: %s", name, row["id"], type(e).__name__, e)
+            failed.append({"id": row["id"], "file": f"{row['file']}:{row['key']}", "reason": f"model_failed: {name}: {type(e).__name__}: {e}"})
+    return merge_images(batch, done), failed
+
+
+# --- stage 4: each part written as a cache shard by the worker that holds it (tasks) --------------------
 def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
     rows = []
     for i, r in enumerate(record["rows"]):
@@ -209,20 +252,83 @@ def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
 TENSOR_KEYS = ("vit_tokens", "gdino_tokens", "gdino_scores", "sam_tokens", "sam_mask", "sam_masks")
 
 
-def run(job: ExtractJob, progress: bool = True) -> Manifest:
-    """Extract every shard not yet committed, then finalize the manifest."""
+class WriteStage:
+    """Writes a part as one cache shard, committed atomically, and returns only its counts.
+
+    A retried task rewrites the same content; the first commit is kept (``ShardWriter.commit``).
+    ``kill_at`` names a part whose first writer SIGKILLs itself before committing: the resume
+    tests' worker death (a marker file makes the retry live).
+    """
+
+    def __init__(self, dataset: str, shards_dir: Path, identity: CacheIdentity, kill_at: str | None = None) -> None:
+        self.dataset, self.shards_dir, self.identity, self.kill_at = dataset, shards_dir, identity, kill_at
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        record = item["record"]
+        writer = ShardWriter(self.shards_dir, record["name"], record["source"], self.identity)
+        try:
+            if record["rows"]:
+                writer.add_batch(store_rows(self.dataset, record), {k: record[k] for k in TENSOR_KEYS})
+            for skip in record["skips"]:
+                writer.skip(**skip)
+            if record["name"] == self.kill_at:
+                marker = self.shards_dir / f".killed-{record['name']}"
+                if not marker.exists():
+                    marker.touch()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            committed = writer.commit(inputs=record["inputs"], last=record["last"])
+        except BaseException:
+            writer.abort()
+            raise
+        return {"written": {"name": committed.name, "rows": committed.rows, "skips": len(committed.skipped),
+                            "bytes": _size_on_disk(self.shards_dir / committed.name)}}  # fmt: skip
+
+
+# --- the run -------------------------------------------------------------------------------------------
+@dataclass
+class RunStats:
+    """What the driver saw: every number is of this run (a resumed run counts only its own parts)."""
+
+    parts: int = 0
+    rows: int = 0
+    skips: int = 0
+    bytes_written: int = 0
+    driver_tensor_bytes: int = 0  # bytes of arrays in what reached the driver: 0 by design
+    seconds: float = 0.0
+
+
+def run(job: ExtractJob, progress: bool = True, null_models: bool = False) -> Manifest:
+    """Extract every part not yet committed, then finalize the manifest."""
+    return run_with_stats(job, progress, null_models)[0]
+
+
+def run_with_stats(job: ExtractJob, progress: bool = True, null_models: bool = False) -> tuple[Manifest, RunStats]:
     config = job.config
     schema = cache_schema(config, job.profile)
-    identity = CacheIdentity(schema, storage_options(config), extraction_settings(config, job.profile), fingerprints(config, job.profile))
+    prints = dict.fromkeys(STAGES, "null model") if null_models else fingerprints(config, job.profile)
+    identity = CacheIdentity(schema, storage_options(config), extraction_settings(config, job.profile), prints)
     check_resumable(job.cache_root, identity)
-    done = committed_shards(job.cache_root)
+    done = complete_input_shards(job.cache_root)
     todo = [i for i, s in enumerate(job.shards) if s.name not in done]
     if todo:
         connect_ray()  # before the cache root exists: a failed connection leaves nothing behind
     writer = CacheWriter(job.cache_root, identity)
-    if todo:
-        _run_ray(job, writer, todo, progress)
-    return writer.finalize(extra=_summary(writer, job))
+    stats = _run_ray(job, writer, todo, progress, null_models) if todo else RunStats()
+    return writer.finalize(extra=_summary(writer, job)), stats
+
+
+def complete_input_shards(root: Path) -> set[str]:
+    """Input shards whose every part is committed: the parts 0..k of the one committed as the last."""
+    parts: dict[str, set[int]] = {}
+    ends: dict[str, int] = {}
+    for name in committed_shards(root):
+        shard, _, index = name.rpartition(".")
+        if not index.isdigit():
+            continue
+        parts.setdefault(shard, set()).add(int(index))
+        if read_shard_record(root / SHARDS_DIR / name).last:
+            ends[shard] = int(index)
+    return {shard for shard, end in ends.items() if parts[shard] >= set(range(end + 1))}
 
 
 class RayConnectionError(ConfigError):
@@ -268,50 +374,62 @@ def _ray_token_available() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
-def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool) -> None:
+def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bool, null_models: bool) -> RunStats:
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar reports progress; keep Ray's plan logs in its files
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": ours replace them
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # chunks arrive in shard order: commit as we go
+    context.execution_options.preserve_order = False  # parts are independent: the driver only counts them
     context.enable_progress_bars = False  # our own bar counts rows, rows/s and skips
     context.issue_detectors_config.detectors = []  # memory advice meant for long-running clusters
     settings = job.config.extraction
     resources = ray.cluster_resources()
-    actors = fit_actors_to_memory(job, {name: settings.actors.get(name, 1) for name in STAGES})
+    actors = {name: settings.actors.get(name, 1) for name in STAGES}
+    if not null_models:
+        actors = fit_actors_to_memory(job, actors)
     # Every actor must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
-    cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values())))
+    cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values()) + 1))
     gpus = min(1.0, resources.get("GPU", 0) / sum(actors.values()))
     args = (job.config, job.profile)
-    ds = ray.data.from_items([{"shard": i} for i in todo]).flat_map(
-        DecodeStage, fn_constructor_args=(*args, job.dataset, job.shards), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus
-    )
+    read = ReadStage(job.shards, settings.part_size, writer.shards_dir)
+    # Its own tasks, not fused into the decode actors (Ray Data fuses no stage with a remote-args function):
+    # fused, one actor would decode a whole shard's parts while the others wait.
+    ds = ray.data.from_items([{"shard": i} for i in todo]).flat_map(read, ray_remote_args_fn=lambda: {"num_cpus": cpus})
+    ds = ds.map(DecodeStage, fn_constructor_args=(*args, job.dataset), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus)
     for name in STAGES:
         pool = ray.data.ActorPoolStrategy(size=actors[name])
-        ds = ds.map(ModelStage, fn_constructor_args=(*args, name), compute=pool, num_cpus=cpus, num_gpus=gpus)
-    counts: Counter[str] = Counter()
+        ds = ds.map(ModelStage, fn_constructor_args=(*args, name, null_models), compute=pool, num_cpus=cpus, num_gpus=0 if null_models else gpus)
+    kill_worker_at = os.environ.get("LYRICS_EXTRACT_KILL_WORKER_AT")
+    ds = ds.map(WriteStage(job.dataset, writer.shards_dir, writer.identity, kill_worker_at), num_cpus=cpus)
+    stats = RunStats()
     start = time.perf_counter()
     bar = tqdm(total=None, unit="row", desc=f"extract {job.dataset}", disable=not progress)
-    shard_writer = None
     for item in ds.iter_rows():
-        record = item["record"]
-        if shard_writer is None:
-            shard_writer = writer.open_shard(record["shard"], record["source"])
-        if record["rows"]:
-            shard_writer.add_batch(store_rows(job.dataset, record), {k: record[k] for k in TENSOR_KEYS})
-        if os.environ.get("LYRICS_EXTRACT_KILL_AT") == f"{record['shard']}:{record['chunk']}":
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: die mid-shard
-        for skip in record["skips"]:
-            shard_writer.skip(**skip)
-        counts["rows"] += len(record["rows"])
-        counts["skipped"] += len(record["skips"])
-        bar.update(len(record["rows"]))
-        bar.set_postfix(rows_per_s=f"{counts['rows'] / (time.perf_counter() - start):.2f}", skipped=counts["skipped"])
-        if record["last"]:
-            shard_writer.commit(inputs=record["inputs"])
-            shard_writer = None
+        stats.driver_tensor_bytes += _array_bytes(item)
+        written = item["written"]
+        if os.environ.get("LYRICS_EXTRACT_KILL_AT") == written["name"]:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: the driver dies mid-run
+        stats.parts += 1
+        stats.rows += written["rows"]
+        stats.skips += written["skips"]
+        stats.bytes_written += written["bytes"]
+        bar.update(written["rows"])
+        bar.set_postfix(rows_per_s=f"{stats.rows / (time.perf_counter() - start):.2f}", skipped=stats.skips)
     bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _array_bytes(value: Any) -> int:
+    """Bytes of the numpy arrays and tensors anywhere in ``value``."""
+    if hasattr(value, "nbytes"):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(_array_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_array_bytes(v) for v in value)
+    return 0
 
 
 def fit_actors_to_memory(job: ExtractJob, actors: dict[str, int]) -> dict[str, int]:

@@ -46,8 +46,14 @@ class RamPreprocess:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> (3, S, S)."""
-        resized = image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
+        return self.normalize(self.resize(image))
+
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """(S, S, 3) uint8: what the job's decode workers send to the model."""
+        return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR))
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)
         return (pixels - MEAN[:, None, None]) / STD[:, None, None]
 
 
@@ -65,9 +71,10 @@ class RamPlusTagger:
     def device(self) -> torch.device:
         return self.thresholds.device  # moved together with the model by to()
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> (3, S, S)."""
-        return RamPreprocess(self.image_size)(image)
+    @property
+    def preprocess(self) -> RamPreprocess:
+        """PIL image -> (3, S, S), as the other wrappers' ``preprocess`` (with its ``resize`` and ``normalize``)."""
+        return RamPreprocess(self.image_size)
 
     def scores(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, tags) sigmoid scores."""

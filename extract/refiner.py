@@ -1,7 +1,7 @@
 """The frozen models as one pipeline: CLIP ViT tokens, and the visual refiner RAM++ -> Grounding-DINO -> SAM-HQ.
 
-The same stage functions serve the Ray job (each stage in its own actor pool, on a chunk of one
-shard's images) and the online path (``refine(image)``, one image, for inference and the demo).
+The same stage functions serve the Ray job (each stage in its own actor pool, on batches of one
+part's images) and the online path (``refine(image)``, one image, for inference and the demo).
 A chunk is a plain dict that every stage reads from and adds its outputs to.
 """
 
@@ -105,18 +105,20 @@ class FrozenModels:
 
 
 def new_chunk(pixels: list[dict[str, torch.Tensor]], sizes: list[tuple[int, int]]) -> Chunk:
-    """A chunk of B images: stacked fixed-size inputs, a list for Grounding-DINO's variable sizes."""
-    return {
-        "sizes": sizes,  # (width, height) of each decoded image
-        "clip_pixels": torch.stack([p["clip"] for p in pixels]),
-        "ram_pixels": torch.stack([p["ram"] for p in pixels]),
-        "gdino_pixels": [p["gdino"] for p in pixels],
-        "sam_pixels": torch.stack([p["sam"] for p in pixels]),
-    }
+    """A chunk of B images: each model's inputs (``stack_pixels``) and the images' sizes."""
+    chunk: Chunk = {"sizes": sizes}  # (width, height) of each decoded image
+    for name in STAGES:
+        chunk[f"{name}_pixels"] = stack_pixels(name, [p[name] for p in pixels])
+    return chunk
+
+
+def stack_pixels(name: str, pixels: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One model's inputs for a batch: stacked, except Grounding-DINO's, whose sizes differ by image."""
+    return list(pixels) if name == "gdino" else torch.stack(pixels)
 
 
 # Fields of a chunk that describe the chunk itself; every other field holds one entry per image.
-CHUNK_FIELDS = frozenset({"shard", "source", "chunk", "last", "skips", "inputs"})
+CHUNK_FIELDS = frozenset({"shard", "source", "part", "name", "last", "skips", "inputs"})
 
 
 def select_images(chunk: Chunk, indices: list[int]) -> Chunk:

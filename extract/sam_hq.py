@@ -73,8 +73,15 @@ class SamPreprocess:
         self.transform = ResizeLongestSide(image_size)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        resized = torch.as_tensor(self.transform.apply_image(np.asarray(image.convert("RGB")))).permute(2, 0, 1)
-        pixels = (resized.float() - self.PIXEL_MEAN) / self.PIXEL_STD
+        return self.normalize(self.resize(image))
+
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """(H, W, 3) uint8, the longest side S: what the job's decode workers send to the model."""
+        return self.transform.apply_image(np.asarray(image.convert("RGB")))
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, S, S): SAM's normalization, then zero padding to S x S."""
+        pixels = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - self.PIXEL_MEAN) / self.PIXEL_STD
         height, width = pixels.shape[-2:]
         return F.pad(pixels, (0, self.image_size - width, 0, self.image_size - height))
 

@@ -88,7 +88,10 @@ class DetectionConfig(Strict):
 class ExtractionConfig(Strict):
     profile: str = "tiny"
     batch_size: int = Field(8, ge=1)
-    decode_workers: int = Field(1, ge=1, description="Ray actors that read, decode and preprocess")
+    # An input shard is cut into parts of this many inputs: each part is decoded, run and written as
+    # one cache shard by the workers, so no part waits for its neighbours (img2dataset shards hold 10,000).
+    part_size: int = Field(256, ge=1, description="inputs per cache shard (a part of an input shard)")
+    decode_workers: int = Field(1, ge=1, description="Ray actors that decode and resize")
     # Ray actors per frozen model (each gets a GPU share when GPUs exist). SAM-HQ is the heaviest
     # stage (image encoder + one decoder pass per box), so it gets two by default.
     actors: dict[Literal["clip", "ram", "gdino", "sam"], int] = {"clip": 1, "ram": 1, "gdino": 1, "sam": 2}

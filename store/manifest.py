@@ -37,17 +37,19 @@ class ShardRecord:
     rows: int
     skipped: tuple[Skip, ...] = ()
     inputs: int | None = None  # None: not counted by the writer (defaults to rows + skips)
+    last: bool = True  # the last cache shard of its input shard (an input shard is cut into parts)
 
     def __post_init__(self) -> None:
         if self.inputs is None:
             object.__setattr__(self, "inputs", self.rows + len(self.skipped))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "inputs": self.inputs, "rows": self.rows, "skipped": [asdict(s) for s in self.skipped]}
+        return {"name": self.name, "source": self.source, "inputs": self.inputs, "rows": self.rows, "last": self.last,
+                "skipped": [asdict(s) for s in self.skipped]}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardRecord:
-        return cls(data["name"], data["source"], int(data["rows"]), tuple(Skip(**s) for s in data["skipped"]), data.get("inputs"))
+        return cls(data["name"], data["source"], int(data["rows"]), tuple(Skip(**s) for s in data["skipped"]), data.get("inputs"), data.get("last", True))
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ Layout of a cache root::
     shards/<name>/rows.parquet    one row per sample (``schema.ROW_SCHEMA``)
     shards/<name>/tensors.zarr/   Zarr v3 group, one array per tensor field (+ int8 scales)
     shards/<name>/shard.json      rows, skipped inputs, source
-    shards/.tmp-<name>-<pid>/     a shard being written; never read, removed on the next open
+    shards/.tmp-<name>-<pid>-<r>/ a shard being written; never read, removed on the next open and by finalize
 
 A shard is written under a temporary name and renamed into place on commit, so a crash leaves
-either a whole shard or none; a restarted job skips committed shards and redoes the rest.
+either a whole shard or none; a restarted job skips committed shards and redoes the rest. Writers
+may run in any process on any node that sees the cache root (the extract job's workers do).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,15 +116,23 @@ class CacheWriter:
         tables = [pq.read_table(self.shards_dir / name / ROWS_NAME, columns=list(columns)) for name in sorted(self.committed())]
         return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table().select(list(columns))
 
+    def records(self) -> list[ShardRecord]:
+        """Every committed shard's record, in name order."""
+        return [read_shard_record(self.shards_dir / name) for name in sorted(self.committed())]
+
     def finalize(self, extra: Mapping[str, Any] | None = None) -> Manifest:
-        """Rebuild the manifest from every committed shard and mark the cache complete."""
-        records = tuple(
-            ShardRecord.from_json(json.loads((self.shards_dir / name / SHARD_META_NAME).read_text()))
-            for name in sorted(self.committed())
-        )
+        """Rebuild the manifest from every committed shard and mark the cache complete; the
+        temporary folders of writers killed during the run go (no writer is left by now)."""
+        for partial in self.shards_dir.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(partial)
+        records = tuple(self.records())
         manifest = Manifest(self.identity, records, complete=True, extra=dict(extra or {}))
         write_json_atomic(self.root / MANIFEST_NAME, manifest.to_json())
         return manifest
+
+
+def read_shard_record(folder: Path) -> ShardRecord:
+    return ShardRecord.from_json(json.loads((folder / SHARD_META_NAME).read_text()))
 
 
 class ShardWriter:
@@ -131,7 +141,7 @@ class ShardWriter:
     def __init__(self, shards_dir: Path, name: str, source: str, identity: CacheIdentity) -> None:
         self.name, self.source = name, source
         self.final = shards_dir / name
-        self.tmp = shards_dir / f"{TMP_PREFIX}{name}-{os.getpid()}"
+        self.tmp = shards_dir / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # one per writer, even in one process
         self.schema: CacheSchema = identity.schema
         self.storage: StorageOptions = identity.storage
         self.batches: list[pa.RecordBatch] = []
@@ -178,15 +188,25 @@ class ShardWriter:
     def skip(self, id: str, file: str, reason: str) -> None:
         self.skipped.append(Skip(id=id, file=file, reason=reason))
 
-    def commit(self, inputs: int | None = None) -> ShardRecord:
-        """Make the shard visible; ``inputs`` (samples read from the source) must equal rows + skips."""
+    def commit(self, inputs: int | None = None, last: bool = True) -> ShardRecord:
+        """Make the shard visible; ``inputs`` (samples read from the source) must equal rows + skips.
+
+        A shard that another writer committed meanwhile (a retried task of the same part) is kept
+        and this copy dropped: both hold the same content, which depends on the input alone.
+        """
         if inputs is not None and inputs != self.rows + len(self.skipped):
             raise ValueError(f"shard {self.name}: {inputs} inputs but {self.rows} rows + {len(self.skipped)} skips; nothing may vanish")
         table = pa.Table.from_batches(self.batches, schema=ROW_SCHEMA)
         pq.write_table(table, self.tmp / ROWS_NAME, compression="zstd")
-        record = ShardRecord(self.name, self.source, self.rows, tuple(self.skipped), inputs)
+        record = ShardRecord(self.name, self.source, self.rows, tuple(self.skipped), inputs, last)
         write_json_atomic(self.tmp / SHARD_META_NAME, record.to_json())
-        os.rename(self.tmp, self.final)  # atomic on POSIX: the shard appears whole or not at all
+        try:
+            os.rename(self.tmp, self.final)  # atomic on POSIX: the shard appears whole or not at all
+        except OSError:  # ENOTEMPTY / EEXIST: committed by the other attempt
+            if not (self.final / SHARD_META_NAME).is_file():
+                raise
+            self.abort()
+            return read_shard_record(self.final)
         return record
 
     def abort(self) -> None:

@@ -1,11 +1,13 @@
 """The extract phase end to end: `make extract` on the sample and the fuzz set, SIGKILL + resume, then `make pretrain`.
 
 The runs use a copy of pipelines.yaml whose root is a temporary folder (LYRICS_CONFIG), with at
-most 4 objects per image so that SAM-HQ's decoder keeps the suite quick.
+most 4 objects per image so that SAM-HQ's decoder keeps the suite quick, and parts of 4 inputs so
+that every input shard is cut into several cache shards.
 """
 
 import json
 import os
+from dataclasses import dataclass
 import signal
 import subprocess
 import sys
@@ -22,6 +24,22 @@ from lyrics.spatial_text import parse_objects
 from lyrics.store import CacheDataset, CacheExpectation, read_manifest
 
 MAX_OBJECTS = 4
+PART_SIZE = 4  # inputs per cache shard; batches of 3 images, so a part holds a full and a partial batch
+
+
+@dataclass
+class InputShard:
+    """An input shard's parts in a manifest, taken together."""
+
+    parts: list
+    inputs: int
+    rows: int
+    skipped: list
+
+
+def input_shard(manifest, name: str) -> InputShard:
+    parts = [s for s in manifest.shards if s.name.startswith(name + ".")]
+    return InputShard(parts, sum(p.inputs for p in parts), sum(p.rows for p in parts), [skip for p in parts for skip in p.skipped])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +47,7 @@ def config_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("extract")
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["root"] = str(root)
-    raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=4)
+    raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=3, part_size=PART_SIZE)
     raw["datasets"]["photos"] = {"format": "folder", "path": "{root}/photos", "key": "path", "produced_by": "the folder test"}
     raw["datasets"]["cluster"] = {"format": "folder", "path": "{root}/cluster"}
     for component in raw["profiles"]["tiny"].values():
@@ -62,7 +80,8 @@ def test_sample_cache_has_every_image_with_consistent_fields(config_path, sample
     config = load_config(config_path)
     manifest = read_manifest(sample_cache)
     assert manifest.complete and manifest.rows == 16 and not manifest.skipped
-    assert [s.name for s in manifest.shards] == ["00000", "00001"]
+    assert [s.name for s in manifest.shards] == ["00000.0000", "00000.0001", "00001.0000", "00001.0001"]
+    assert [(s.inputs, s.last) for s in manifest.shards] == [(4, False), (4, True)] * 2
     assert manifest.identity.fingerprints == fingerprints(config, "tiny")
 
     expect = CacheExpectation(fingerprints=fingerprints(config, "tiny"), tensor_shapes={"vit_tokens": (257, 64), "sam_tokens": (MAX_OBJECTS, 260)})
@@ -104,7 +123,8 @@ def test_fuzz_inputs_are_rows_or_listed_skips(config_path, fuzz_extraction):
     expected = json.loads((fuzz_dir / "expected.json").read_text())["samples"]
     manifest = read_manifest(cache)
     assert all(shard.inputs == shard.rows + len(shard.skipped) for shard in manifest.shards)  # nothing vanishes
-    odd = next(shard for shard in manifest.shards if shard.name == "00000")
+    odd = input_shard(manifest, "00000")
+    assert [p.inputs for p in odd.parts[:-1]] == [PART_SIZE] * (len(odd.parts) - 1) and odd.parts[-1].last
     skipped = {s.id.rsplit("/", 1)[1]: s.reason.split(":")[0] for s in odd.skipped}
     assert odd.inputs == len(expected)
     assert skipped == {key: case["reason"] for key, case in expected.items() if case["expect"] == "skip"}
@@ -124,7 +144,8 @@ def test_a_hostile_shard_costs_each_bad_input_only_itself(config_path, fuzz_extr
     assert result.returncode == 0, result.stderr[-3000:]
     inputs = json.loads(load_config(config_path).path("{root}/data/sample/fuzz/hostile.json").read_text())["inputs"]
     manifest = read_manifest(cache)
-    shard = next(shard for shard in manifest.shards if shard.name == "00001")
+    shard = input_shard(manifest, "00001")
+    assert len(shard.parts) == 4
     assert shard.inputs == len(inputs) == shard.rows + len(shard.skipped) == 15
     table = CacheDataset(cache).rows(["id", "key", "caption"]).to_pylist()
     rows = [row for row in table if row["id"].startswith("fuzz/00001/")]
@@ -138,43 +159,49 @@ def test_a_hostile_shard_costs_each_bad_input_only_itself(config_path, fuzz_extr
 
 
 def test_a_model_failing_on_one_image_skips_that_image_only(config_path, sample_cache):
-    """A model stage that raises on one image of a chunk: that image becomes a skip with the stage and the
-    error, the others get the outputs a chunk without it gets."""
+    """A model stage that raises on one image of a part: that image becomes a skip with the stage and the
+    error, the others get the outputs a part without it gets."""
     import torch
 
     from lyrics.extract.images import load_images
-    from lyrics.extract.job import run_stage_skipping_failures
-    from lyrics.extract.refiner import load_stage, new_chunk, preprocessors, run_stage
+    from lyrics.extract.job import run_model_on_part
+    from lyrics.extract.refiner import load_stage, preprocessors
+    from lyrics.extract.cache_location import STAGES
 
     config = load_config(config_path)
     clip = load_stage(config, "tiny", "clip", device="cpu")
     prepare = preprocessors(config, "tiny")
-    items = [CacheDataset(sample_cache)[i] for i in range(3)]
+    items = [CacheDataset(sample_cache)[i] for i in range(5)]
     images = load_images({it["id"]: (json.loads(it["source"])["file"], it["key"]) for it in items})
 
-    def chunk(indices: list[int]) -> dict:
-        record = {"shard": "00000", "source": "s", "chunk": 0, "last": True, "skips": [], "inputs": 3}
+    def part(indices: list[int]) -> dict:
+        """A part as the decode stage hands it on: rows, each model's uint8 inputs, sizes."""
+        record = {"shard": "00000", "source": "s", "part": 0, "name": "00000.0000", "last": True, "skips": [], "inputs": len(indices)}
         record["rows"] = [{"id": items[i]["id"], "file": "f", "key": items[i]["key"]} for i in indices]
-        pixels = [{name: p(images[items[i]["id"]]) for name, p in prepare.items()} for i in indices]
-        return record | new_chunk(pixels, [images[items[i]["id"]].size for i in indices])
+        record["sizes"] = [images[items[i]["id"]].size for i in indices]
+        for name in STAGES:
+            record[f"{name}_images"] = [prepare[name].resize(images[items[i]["id"]]) for i in indices]
+        return record
 
-    bad = chunk([1])["clip_pixels"][0]
+    bad = clip.preprocess.normalize(part([1])["clip_images"][0])
 
     class FailsOnOneImage:
-        device = clip.device
+        device, preprocess = clip.device, clip.preprocess
 
         def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
             if any(torch.equal(p, bad) for p in pixels):
                 raise ValueError("height and width must be > 0")
             return clip(pixels)
 
-    out = run_stage_skipping_failures("clip", FailsOnOneImage(), chunk([0, 1, 2]), config.extraction)
-    assert [r["id"] for r in out["rows"]] == [items[0]["id"], items[2]["id"]]
+    # Batches of 3: the failing image's batch [0, 1, 2] is rerun image by image, [3, 4] runs whole.
+    out = run_model_on_part("clip", FailsOnOneImage(), part([0, 1, 2, 3, 4]), config.extraction)
+    assert [r["id"] for r in out["rows"]] == [items[i]["id"] for i in (0, 2, 3, 4)]
     (skip,) = out["skips"]
     assert skip["id"] == items[1]["id"] and skip["reason"] == "model_failed: clip: ValueError: height and width must be > 0"
-    reference = run_stage("clip", clip, chunk([0, 2]), config.extraction)
+    reference = run_model_on_part("clip", clip, part([0, 2, 3, 4]), config.extraction)
     assert np.allclose(out["vit_tokens"], reference["vit_tokens"], atol=1e-5)
-    assert len(out["sam_pixels"]) == len(out["gdino_pixels"]) == 2  # the later stages' inputs follow the rows
+    assert len(out["sam_images"]) == len(out["gdino_images"]) == len(out["sizes"]) == 4  # the later stages' inputs follow the rows
+    assert "clip_images" not in out  # consumed: later stages do not carry it
 
 
 def test_a_failed_cluster_connection_stops_with_one_line_and_leaves_nothing(config_path, sample_cache, tmp_path):
@@ -256,27 +283,10 @@ def test_an_image_folder_is_extracted_as_its_images_are_from_tars(config_path, s
         assert source["file"] == str(photos / f"{key}.jpg") and image.size == (mine["width"], mine["height"])
 
 
-def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_cache, tmp_path):
-    cache = tmp_path / "resumed"
-    args = [sys.executable, "-m", "lyrics.extract", "--data", "sample", "--cache", str(cache)]
-    # The driver SIGKILLs itself right after writing the first chunk of the second shard.
-    env = {**environment(config_path), "LYRICS_EXTRACT_KILL_AT": "00001:0"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    assert proc.wait(timeout=900) == -signal.SIGKILL
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes the dead driver had started
-    except ProcessLookupError:
-        pass
-    shards = cache / "shards"
-    assert (shards / "00000" / "shard.json").exists() and not (shards / "00001").exists()
-    assert any(p.name.startswith(".tmp-00001-") for p in shards.iterdir()), "the second shard should be half written"
-    assert not read_manifest(cache).complete
-
-    result = extract(config_path, "sample", cache)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not any(p.name.startswith(".tmp-") for p in shards.iterdir())
-    a, b = CacheDataset(sample_cache), CacheDataset(cache)
-    assert read_manifest(cache).shards == read_manifest(sample_cache).shards
+def assert_same_cache(a_root: Path, b_root: Path) -> None:
+    """Every shard record, row column and tensor equal, bitwise."""
+    assert read_manifest(b_root).shards == read_manifest(a_root).shards
+    a, b = CacheDataset(a_root), CacheDataset(b_root)
     assert len(a) == len(b) == 16
     for i in range(len(a)):
         x, y = a[i], b[i]
@@ -285,6 +295,80 @@ def test_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_
                 assert np.array_equal(x[key].numpy(), y[key].numpy()), (x["id"], key)
             else:
                 assert x[key] == y[key], (x["id"], key)
+
+
+def killed_run(config_path: Path, cache: Path, env: dict[str, str]) -> int:
+    """The extract command with a fault injected; its Ray processes are stopped with it."""
+    args = [sys.executable, "-m", "lyrics.extract", "--data", "sample", "--cache", str(cache)]
+    proc = subprocess.Popen(args, env={**environment(config_path), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    code = proc.wait(timeout=900)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the Ray processes a dead driver had started
+    except ProcessLookupError:
+        pass
+    return code
+
+
+def test_driver_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_cache, tmp_path):
+    cache = tmp_path / "resumed"
+    # The driver SIGKILLs itself as soon as it learns that part 00000.0001 is committed.
+    assert killed_run(config_path, cache, {"LYRICS_EXTRACT_KILL_AT": "00000.0001"}) == -signal.SIGKILL
+    shards = cache / "shards"
+    assert (shards / "00000.0001" / "shard.json").exists()
+    assert not read_manifest(cache).complete
+
+    result = extract(config_path, "sample", cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not any(p.name.startswith(".tmp-") for p in shards.iterdir())
+    assert_same_cache(sample_cache, cache)
+
+
+def test_worker_sigkill_mid_write_then_the_cache_equals_the_uninterrupted_one(config_path, sample_cache, tmp_path):
+    """The worker writing part 00001.0000 dies before its commit: Ray retries the part (or a rerun does), and
+    the cache is the same; the dead writer's half-written folder is gone."""
+    cache = tmp_path / "worker-killed"
+    code = killed_run(config_path, cache, {"LYRICS_EXTRACT_KILL_WORKER_AT": "00001.0000"})
+    assert (cache / "shards" / ".killed-00001.0000").exists(), "the writer should have been killed"
+    if code != 0:  # the job gave up on the part: the rerun redoes it
+        result = extract(config_path, "sample", cache)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert not any(p.name.startswith(".tmp-") for p in (cache / "shards").iterdir())
+    assert_same_cache(sample_cache, cache)
+
+
+def test_workers_write_the_cache_and_the_driver_gets_no_tensor(config_path, sample_cache, tmp_path):
+    """The job with null model stages (bench/extract.py's pipeline measurement), in this process: every
+    part is written by a worker, and what reaches the driver holds no array."""
+    import ray
+
+    from lyrics.extract.job import ExtractJob, run_with_stats
+
+    config = load_config(config_path)
+    job = ExtractJob.plan(config, "sample", "tiny", tmp_path / "null")
+    try:
+        manifest, stats = run_with_stats(job, progress=False, null_models=True)
+    finally:
+        ray.shutdown()
+    assert stats.driver_tensor_bytes == 0 and stats.parts == 4 and stats.rows == manifest.rows == 16
+    assert stats.bytes_written == sum(f.stat().st_size for f in (tmp_path / "null" / "shards").rglob("*") if f.is_file())
+    assert set(manifest.identity.fingerprints.values()) == {"null model"}  # never mistaken for features
+    item = CacheDataset(tmp_path / "null")[0]
+    assert item["vit_tokens"].shape == (257, 64) and item["tags"] == [] and item["spatial_text"] == ""
+
+
+def test_a_part_committed_twice_keeps_the_first(tmp_path):
+    """A retried write of a part that an earlier attempt committed: harmless, the first copy stays."""
+    from lyrics.store import CacheIdentity, ShardWriter, lyrics_schema
+    from lyrics.store.codecs import StorageOptions
+
+    identity = CacheIdentity(lyrics_schema(vit_tokens=2, vit_width=4, gdino_queries=3, max_objects=2, mask_grid=2), StorageOptions(), {}, {})
+    (tmp_path / "shards").mkdir()
+    first, second = (ShardWriter(tmp_path / "shards", "00000.0000", "src", identity) for _ in range(2))
+    first.skip("a", "f", "r1")
+    second.skip("a", "f", "r2")
+    assert first.commit(inputs=1).skipped[0].reason == "r1"
+    assert second.commit(inputs=1).skipped[0].reason == "r1"  # the committed record, not the second copy
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["00000.0000"]
 
 
 def test_online_refine_of_one_image_matches_its_cache_row(config_path, sample_cache):
