@@ -42,7 +42,8 @@ from lyrics.config import PipelinesConfig, PretrainRecipe, load_config
 from lyrics.data.webdataset import WebSample
 from lyrics.extract.cache_location import STAGES, cache_schema, extraction_settings
 from lyrics.extract.images import ImageLimits, decode_image
-from lyrics.extract.job import DecodeStage, ReadStage, WriteStage, run_model_on_part
+from lyrics.extract.job import DecodeStage, run_model_on_part
+from lyrics.extract.parts import ReadStage, WriteStage
 from lyrics.extract.refiner import FrozenModels, new_chunk, run_stage
 from lyrics.model.factory import mqformer_config
 from lyrics.model.mqformer import MQFormer
@@ -156,10 +157,10 @@ def write_cache(root: Path, config: PipelinesConfig, data: str, models: FrozenMo
     decode, write = DecodeStage(config, "paper", data), WriteStage(data, writer.shards_dir, writer.identity)
     for index in range(len(shards)):
         for part in read({"shard": index}):
-            record = decode(part)["record"]
+            record = decode.decode(part["record"])
             for name in STAGES:
                 record = run_model_on_part(name, getattr(models, name), record, config.extraction)
-            write({"record": record})
+            write.write(record)
     writer.finalize()
 
 

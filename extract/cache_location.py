@@ -12,17 +12,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lyrics.config import PipelinesConfig
+from lyrics.config import STAGE_ORDER, PipelinesConfig
 from lyrics.extract.checkpoints import component_spec
 from lyrics.store import CacheSchema, StorageOptions, lyrics_schema
 
 CACHE_DIR = "cache"
-STAGES = ("clip", "ram", "gdino", "sam")  # the frozen models, in pipeline order
+STAGES = STAGE_ORDER  # the frozen models, in pipeline order
 
 
 def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]:
     """The settings that decide a cache's content (its identity, with the model fingerprints)."""
-    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size", "decode_workers", "actors"})}
+    return {"profile": profile, **config.extraction.model_dump(exclude={"profile", "storage", "batch_size", "decode_workers", "model_actors"})}
 
 
 def storage_options(config: PipelinesConfig) -> StorageOptions:

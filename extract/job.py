@@ -1,7 +1,8 @@
 """Phase 1 as a Ray Data job, one row per *part* (up to ``part_size`` consecutive inputs of one input shard):
 
-    read (a task per input shard) -> decode + resize to uint8 (CPU actors) -> CLIP, RAM++, Grounding-DINO,
-    SAM-HQ (an actor pool each: normalise, then batches of ``batch_size``) -> write (tasks) -> the driver
+    read (a task per input shard) -> decode + resize to uint8 (CPU actors) -> CLIP -> RAM++ -> Grounding-DINO
+    -> SAM-HQ (``model_actors``: by default each actor holds all four; each model normalises its inputs
+    and runs batches of ``batch_size``) -> write (tasks) -> counts to the driver
 
 Each part becomes one cache shard (``00042.0003``), written and committed atomically by the worker
 that holds its features; the driver receives counts only and finalises the manifest. A part's
@@ -13,34 +14,57 @@ what an uninterrupted one writes. ``ray.init()`` starts Ray locally, or joins th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from lyrics.config import ConfigError, ExtractionConfig, PipelinesConfig
 from lyrics.data.errors import DataFormatError
-from lyrics.data.image_folder import FolderShard, folder_shards
+from lyrics.data.image_folder import folder_shards
 from lyrics.data.webdataset import InputSkip, TarShard, WebSample, expand_shards
-from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
+from lyrics.extract.cache_location import (
+    STAGES,
+    cache_schema,
+    default_cache_root,
+    extraction_settings,
+    fingerprints,
+    storage_options,
+)
 from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
 from lyrics.extract.null_model import NullModel
-from lyrics.extract.refiner import Chunk, ensure_checkpoints, load_stage, merge_images, preprocessors, run_stage, select_images, stack_pixels
-from lyrics.store import CacheIdentity, CacheWriter, Manifest, ShardWriter, check_resumable, committed_shards, sample_id
-from lyrics.store.manifest import SHARD_META_NAME
-from lyrics.store.writer import SHARDS_DIR, read_shard_record
+from lyrics.extract.parts import (
+    Chunk,
+    InputShard,
+    ReadStage,
+    WriteStage,
+    complete_input_shards,
+    size_on_disk,
+)
+from lyrics.extract.refiner import (
+    ensure_checkpoints,
+    load_stage,
+    merge_images,
+    preprocessors,
+    run_stage,
+    select_images,
+    stack_pixels,
+)
+from lyrics.store import (
+    CacheIdentity,
+    CacheWriter,
+    Manifest,
+    check_resumable,
+    sample_id,
+)
+from tqdm import tqdm
 
+from lyrics.config import ConfigError, ExtractionConfig, PipelinesConfig
 
-InputShard = TarShard | FolderShard  # each becomes the cache shard of the same name
 log = logging.getLogger(__name__)
 
 
@@ -87,41 +111,6 @@ def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...
         ) from None
 
 
-# --- stage 1: read an input shard front to back, in parts of raw inputs (one task per shard) ----------
-def part_name(shard: str, index: int) -> str:
-    """The cache shard of part ``index`` of an input shard: ``00042.0003``."""
-    return f"{shard}.{index:04d}"
-
-
-class ReadStage:
-    """Cuts one input shard into parts of ``part_size`` consecutive inputs (bytes, not yet decoded).
-
-    Reading is cheap next to decoding, so one task reads a whole shard while the decode actors work
-    on its parts in parallel. A part's content depends on the shard's bytes and ``part_size`` alone.
-    Parts already committed (a resumed run) are read past, not sent on.
-    """
-
-    def __init__(self, shards: tuple[InputShard, ...], part_size: int, shards_dir: Path) -> None:
-        self.shards, self.part_size, self.shards_dir = shards, part_size, shards_dir
-
-    def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        shard = self.shards[item["shard"]]
-        inputs: list[WebSample | InputSkip] = []
-        index = 0
-        for sample in shard.samples():
-            if len(inputs) == self.part_size:  # a full part with more to come: not the last
-                yield from self._part(shard, index, inputs, last=False)
-                index, inputs = index + 1, []
-            inputs.append(sample)
-        yield from self._part(shard, index, inputs, last=True)
-
-    def _part(self, shard: InputShard, index: int, inputs: list[WebSample | InputSkip], last: bool) -> Iterator[dict[str, Any]]:
-        name = part_name(shard.name, index)
-        if (self.shards_dir / name / SHARD_META_NAME).is_file():
-            return
-        yield {"record": {"shard": shard.name, "source": shard.source, "part": index, "name": name, "last": last, "inputs": inputs}}
-
-
 # --- stage 2: decode once, resize for every model (CPU actors) ------------------------------------------
 class DecodeStage:
     """Decodes a part's images and resizes each for every model, as uint8: what crosses the object
@@ -134,7 +123,11 @@ class DecodeStage:
         self.dataset = dataset
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        record = dict(item["record"])
+        return {"record": self.decode(item["record"])}
+
+    def decode(self, part: Chunk) -> Chunk:
+        """The part with its rows, skips and each model's resized images (``<model>_images``)."""
+        record = dict(part)
         inputs = record.pop("inputs")
         rows, skips, images = [], [], []
         for sample in inputs:
@@ -152,7 +145,7 @@ class DecodeStage:
         record.update(inputs=len(inputs), rows=rows, skips=skips, sizes=[(r["width"], r["height"]) for r in rows])
         for name in STAGES:
             record[f"{name}_images"] = [image[name] for image in images]
-        return {"record": record}
+        return record
 
     def _resize(self, sample: WebSample) -> dict[str, Any]:
         """The upright image's size and every model's resized input; a model's preprocessing that fails is a skip."""
@@ -166,20 +159,28 @@ class DecodeStage:
         return resized
 
 
-# --- stage 3: one frozen model per actor pool, in batches of one part's images -----------------------------
+# --- stage 3: the frozen models, in actors that may hold several (``model_actors``) ------------------------
 class ModelStage:
-    def __init__(self, config: PipelinesConfig, profile: str, name: str, null: bool = False) -> None:
+    """Runs its models, in pipeline order, over each part. Models sharing an actor share its GPU: one
+    GPU running all four is never idle behind another model's pool, and a part's images cross the
+    object store once on the way in and its features once on the way out."""
+
+    def __init__(self, config: PipelinesConfig, profile: str, names: tuple[str, ...], null: bool = False) -> None:
         import torch
 
         if not torch.cuda.is_available():
             # The actors share the CPU: one thread each, or their threads spin-wait on each other.
             torch.set_num_threads(1)
-        self.name, self.settings = name, config.extraction
+        self.settings = config.extraction
         # null: outputs of the cache's shapes at once, no model (bench/extract.py times the pipeline alone)
-        self.model = NullModel(name, cache_schema(config, profile)) if null else load_stage(config, profile, name)
+        schema = cache_schema(config, profile)
+        self.models = {name: NullModel(name, schema) if null else load_stage(config, profile, name) for name in names}
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {"record": run_model_on_part(self.name, self.model, item["record"], self.settings)}
+        record = item["record"]
+        for name, model in self.models.items():
+            record = run_model_on_part(name, model, record, self.settings)
+        return {"record": record}
 
 
 def run_model_on_part(name: str, model: Any, record: Chunk, settings: ExtractionConfig) -> Chunk:
@@ -224,66 +225,6 @@ def run_stage_skipping_failures(name: str, model: Any, batch: Chunk, settings: E
     return merge_images(batch, done), failed
 
 
-# --- stage 4: each part written as a cache shard by the worker that holds it (tasks) --------------------
-def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
-    rows = []
-    for i, r in enumerate(record["rows"]):
-        rows.append(
-            {
-                "id": r["id"],
-                "dataset": dataset,
-                "shard": record["shard"],
-                "key": r["key"],
-                "caption": r["caption"],
-                "width": r["width"],
-                "height": r["height"],
-                "tags": record["tags"][i],
-                "tag_scores": [float(s) for s in record["tag_scores"][i]],
-                "boxes": record["boxes"][i].tolist(),
-                "box_labels": record["box_labels"][i],
-                "box_scores": record["box_scores"][i].tolist(),
-                "spatial_text": record["spatial_text"][i],
-                "source": json.dumps({"file": r["file"], **(r["meta"] or {})}, sort_keys=True),
-            }
-        )
-    return rows
-
-
-TENSOR_KEYS = ("vit_tokens", "gdino_tokens", "gdino_scores", "sam_tokens", "sam_mask", "sam_masks")
-
-
-class WriteStage:
-    """Writes a part as one cache shard, committed atomically, and returns only its counts.
-
-    A retried task rewrites the same content; the first commit is kept (``ShardWriter.commit``).
-    ``kill_at`` names a part whose first writer SIGKILLs itself before committing: the resume
-    tests' worker death (a marker file makes the retry live).
-    """
-
-    def __init__(self, dataset: str, shards_dir: Path, identity: CacheIdentity, kill_at: str | None = None) -> None:
-        self.dataset, self.shards_dir, self.identity, self.kill_at = dataset, shards_dir, identity, kill_at
-
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        record = item["record"]
-        writer = ShardWriter(self.shards_dir, record["name"], record["source"], self.identity)
-        try:
-            if record["rows"]:
-                writer.add_batch(store_rows(self.dataset, record), {k: record[k] for k in TENSOR_KEYS})
-            for skip in record["skips"]:
-                writer.skip(**skip)
-            if record["name"] == self.kill_at:
-                marker = self.shards_dir / f".killed-{record['name']}"
-                if not marker.exists():
-                    marker.touch()
-                    os.kill(os.getpid(), signal.SIGKILL)
-            committed = writer.commit(inputs=record["inputs"], last=record["last"])
-        except BaseException:
-            writer.abort()
-            raise
-        return {"written": {"name": committed.name, "rows": committed.rows, "skips": len(committed.skipped),
-                            "bytes": _size_on_disk(self.shards_dir / committed.name)}}  # fmt: skip
-
-
 # --- the run -------------------------------------------------------------------------------------------
 @dataclass
 class RunStats:
@@ -295,6 +236,13 @@ class RunStats:
     bytes_written: int = 0
     driver_tensor_bytes: int = 0  # bytes of arrays in what reached the driver: 0 by design
     seconds: float = 0.0
+    first_part_seconds: float = 0.0  # until the first part was committed: workers starting, models loading
+    rows_after_first: int = 0
+
+    @property
+    def steady_samples_per_s(self) -> float | None:
+        """Rows per second after the first part, once every worker is up (None with one part)."""
+        return self.rows_after_first / (self.seconds - self.first_part_seconds) if self.parts > 1 else None
 
 
 def run(job: ExtractJob, progress: bool = True, null_models: bool = False) -> Manifest:
@@ -315,20 +263,6 @@ def run_with_stats(job: ExtractJob, progress: bool = True, null_models: bool = F
     writer = CacheWriter(job.cache_root, identity)
     stats = _run_ray(job, writer, todo, progress, null_models) if todo else RunStats()
     return writer.finalize(extra=_summary(writer, job)), stats
-
-
-def complete_input_shards(root: Path) -> set[str]:
-    """Input shards whose every part is committed: the parts 0..k of the one committed as the last."""
-    parts: dict[str, set[int]] = {}
-    ends: dict[str, int] = {}
-    for name in committed_shards(root):
-        shard, _, index = name.rpartition(".")
-        if not index.isdigit():
-            continue
-        parts.setdefault(shard, set()).add(int(index))
-        if read_shard_record(root / SHARDS_DIR / name).last:
-            ends[shard] = int(index)
-    return {shard for shard, end in ends.items() if parts[shard] >= set(range(end + 1))}
 
 
 class RayConnectionError(ConfigError):
@@ -385,23 +319,28 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bo
     context.issue_detectors_config.detectors = []  # memory advice meant for long-running clusters
     settings = job.config.extraction
     resources = ray.cluster_resources()
-    actors = {name: settings.actors.get(name, 1) for name in STAGES}
+    groups = [(tuple(group.models), group.count) for group in settings.model_actors]
     if not null_models:
-        actors = fit_actors_to_memory(job, actors)
-    # Every actor must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out.
-    cpus = min(1.0, resources.get("CPU", 1) / (settings.decode_workers + sum(actors.values()) + 1))
-    gpus = min(1.0, resources.get("GPU", 0) / sum(actors.values()))
+        groups = fit_actors_to_memory(job, groups)
+    actors = sum(count for _, count in groups)
+    # Every actor must fit at once or the pipeline waits forever: share the CPUs (and GPUs) out; readers
+    # and writers, mostly waiting on files, take a quarter slot each.
+    cpus = min(1.0, resources.get("CPU", 1) / (1.5 * settings.decode_workers + actors))
+    light = cpus / 4
+    gpus = 0 if null_models else min(1.0, resources.get("GPU", 0) / actors)
     args = (job.config, job.profile)
-    read = ReadStage(job.shards, settings.part_size, writer.shards_dir)
-    # Its own tasks, not fused into the decode actors (Ray Data fuses no stage with a remote-args function):
-    # fused, one actor would decode a whole shard's parts while the others wait.
-    ds = ray.data.from_items([{"shard": i} for i in todo]).flat_map(read, ray_remote_args_fn=lambda: {"num_cpus": cpus})
+    read = (job.shards, settings.part_size, writer.shards_dir)
+    # Readers and writers are actors too: their processes (light imports, extract/parts.py) start once,
+    # and a reader is never fused into a decode actor, which would then decode a whole shard alone.
+    pool = ray.data.ActorPoolStrategy(size=settings.decode_workers)
+    ds = ray.data.from_items([{"shard": i} for i in todo]).flat_map(ReadStage, fn_constructor_args=read, compute=pool, num_cpus=light)
     ds = ds.map(DecodeStage, fn_constructor_args=(*args, job.dataset), compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=cpus)
-    for name in STAGES:
-        pool = ray.data.ActorPoolStrategy(size=actors[name])
-        ds = ds.map(ModelStage, fn_constructor_args=(*args, name, null_models), compute=pool, num_cpus=cpus, num_gpus=0 if null_models else gpus)
+    for names, count in groups:
+        pool = ray.data.ActorPoolStrategy(size=count)
+        ds = ds.map(ModelStage, fn_constructor_args=(*args, names, null_models), compute=pool, num_cpus=cpus, num_gpus=gpus)
     kill_worker_at = os.environ.get("LYRICS_EXTRACT_KILL_WORKER_AT")
-    ds = ds.map(WriteStage(job.dataset, writer.shards_dir, writer.identity, kill_worker_at), num_cpus=cpus)
+    write = (job.dataset, writer.shards_dir, writer.identity, kill_worker_at)
+    ds = ds.map(WriteStage, fn_constructor_args=write, compute=ray.data.ActorPoolStrategy(size=settings.decode_workers), num_cpus=light)
     stats = RunStats()
     start = time.perf_counter()
     bar = tqdm(total=None, unit="row", desc=f"extract {job.dataset}", disable=not progress)
@@ -411,6 +350,10 @@ def _run_ray(job: ExtractJob, writer: CacheWriter, todo: list[int], progress: bo
         if os.environ.get("LYRICS_EXTRACT_KILL_AT") == written["name"]:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: the driver dies mid-run
         stats.parts += 1
+        if stats.parts == 1:
+            stats.first_part_seconds = time.perf_counter() - start
+        else:
+            stats.rows_after_first += written["rows"]
         stats.rows += written["rows"]
         stats.skips += written["skips"]
         stats.bytes_written += written["bytes"]
@@ -432,39 +375,35 @@ def _array_bytes(value: Any) -> int:
     return 0
 
 
-def fit_actors_to_memory(job: ExtractJob, actors: dict[str, int]) -> dict[str, int]:
-    """Fewer actors of the heaviest models when they would not fit side by side in this machine's
-    memory (every actor of every stage lives at once), and a line saying so.
+def fit_actors_to_memory(job: ExtractJob, groups: list[tuple[tuple[str, ...], int]]) -> list[tuple[tuple[str, ...], int]]:
+    """Fewer actors of the heaviest kind when they would not fit side by side in this machine's
+    memory (every actor lives at once), and a line saying so.
 
-    A model actor is estimated at twice its checkpoint on disk plus 0.5 GiB (weights, activations,
-    the worker); SAM-HQ ViT-H, 2.6 GB on disk, took about 6.5 GB per image on a CPU. The limit is
-    80 % of the memory available now (of the GPU instead, when this process sees one).
+    A model is estimated at twice its checkpoint on disk plus 0.5 GiB (weights, activations, the
+    worker); SAM-HQ ViT-H, 2.6 GB on disk, took about 6.5 GB per image on a CPU. The limit is 80 %
+    of the memory available now (of the GPU instead, when this process sees one).
     """
     import psutil
     import torch
 
-    estimate = {name: 2 * _size_on_disk(component_spec(job.config, job.profile, name).checkpoint) + 2**29 for name in STAGES}
+    model = {name: 2 * size_on_disk(component_spec(job.config, job.profile, name).checkpoint) + 2**29 for name in STAGES}
+    estimate = [sum(model[name] for name in names) for names, _ in groups]
     if torch.cuda.is_available():
         available, where = torch.cuda.mem_get_info()[0], "GPU"
     else:
         available, where = psutil.virtual_memory().available, "RAM"
     limit = 0.8 * available
-    fitted = dict(actors)
-    while sum(fitted[n] * estimate[n] for n in STAGES) > limit and any(fitted[n] > 1 for n in STAGES):
-        heaviest = max((n for n in STAGES if fitted[n] > 1), key=lambda n: estimate[n])
-        fitted[heaviest] -= 1
-    need = sum(fitted[n] * estimate[n] for n in STAGES)
-    if fitted != actors or need > limit:
-        changes = ", ".join(f"{n} {actors[n]} -> {fitted[n]}" for n in STAGES if fitted[n] != actors[n]) or "no actor to spare"
-        print(f"memory: {available / 2**30:.1f} GiB of {where} available, the frozen models need about {need / 2**30:.1f} GiB side by side: "
-              f"actors {changes}{'' if need <= limit else '; it may still not fit'}", flush=True)  # fmt: skip
+    counts = [count for _, count in groups]
+    need = lambda: sum(c * e for c, e in zip(counts, estimate))  # noqa: E731
+    while need() > limit and any(c > 1 for c in counts):
+        heaviest = max((i for i, c in enumerate(counts) if c > 1), key=lambda i: estimate[i])
+        counts[heaviest] -= 1
+    fitted = [(names, count) for (names, _), count in zip(groups, counts)]
+    if fitted != groups or need() > limit:
+        changes = ", ".join(f"{'+'.join(names)} {old} -> {new}" for (names, old), (_, new) in zip(groups, fitted) if old != new) or "no actor to spare"
+        print(f"memory: {available / 2**30:.1f} GiB of {where} available, the frozen models' actors need about {need() / 2**30:.1f} GiB "
+              f"side by side: actors {changes}{'' if need() <= limit else '; it may still not fit'}", flush=True)  # fmt: skip
     return fitted
-
-
-def _size_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size if path.exists() else 0
 
 
 def _summary(writer: CacheWriter, job: ExtractJob) -> dict[str, Any]:

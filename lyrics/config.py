@@ -85,6 +85,16 @@ class DetectionConfig(Strict):
     nms_iou: float = Field(0.6, ge=0, le=1)
 
 
+STAGE_ORDER = ("clip", "ram", "gdino", "sam")  # the frozen models, in the order the extraction runs them
+
+
+class ModelActors(Strict):
+    """Ray actors of one kind: each holds ``models`` (run in order on a part) and a GPU share when GPUs exist."""
+
+    models: list[Literal["clip", "ram", "gdino", "sam"]] = Field(min_length=1)
+    count: int = Field(1, ge=1)
+
+
 class ExtractionConfig(Strict):
     profile: str = "tiny"
     batch_size: int = Field(8, ge=1)
@@ -92,16 +102,8 @@ class ExtractionConfig(Strict):
     # one cache shard by the workers, so no part waits for its neighbours (img2dataset shards hold 10,000).
     part_size: int = Field(256, ge=1, description="inputs per cache shard (a part of an input shard)")
     decode_workers: int = Field(1, ge=1, description="Ray actors that decode and resize")
-    # Ray actors per frozen model (each gets a GPU share when GPUs exist). SAM-HQ is the heaviest
-    # stage (image encoder + one decoder pass per box), so it gets two by default.
-    actors: dict[Literal["clip", "ram", "gdino", "sam"], int] = {"clip": 1, "ram": 1, "gdino": 1, "sam": 2}
+    model_actors: list[ModelActors] = [ModelActors(models=list(STAGE_ORDER), count=2)]
 
-    @model_validator(mode="after")
-    def _actor_counts(self) -> ExtractionConfig:
-        bad = {name: n for name, n in self.actors.items() if n < 1}
-        if bad:
-            raise ValueError(f"extraction.actors: every count must be at least 1, got {bad}")
-        return self
     max_objects: int = Field(32, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit, checked before decoding")
     # Shapes no model can take are skipped before decoding (extract/images.py explains the defaults).
@@ -109,6 +111,16 @@ class ExtractionConfig(Strict):
     max_aspect_ratio: float = Field(50.0, ge=1, description="long side / short side; beyond it an image is skipped")
     storage: StorageConfig = StorageConfig()
     detection: DetectionConfig = DetectionConfig()
+
+    @model_validator(mode="after")
+    def _every_model_once_in_order(self) -> ExtractionConfig:
+        order = [name for group in self.model_actors for name in group.models]
+        if tuple(order) != STAGE_ORDER:
+            raise ValueError(
+                f"extraction.model_actors: list every model once, in pipeline order {list(STAGE_ORDER)} "
+                f"(models that share an actor together), got {order}"
+            )
+        return self
 
 
 # --- phase 2 ------------------------------------------------------------------------------------

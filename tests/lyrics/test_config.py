@@ -49,6 +49,11 @@ def test_environment_overrides_checkpoint_paths(monkeypatch):
         (lambda r: r["training"]["pretrain"]["recipes"].pop("paper"), r"training\.pretrain\.recipes has no recipe for the profiles \['paper'\]"),
         (lambda r: r["training"]["pretrain"].update(msp_probability=0), r"training\.pretrain\.msp_probability: Input should be greater than 0"),
         (lambda r: r["training"].update(strategy="deepspeed"), r"training\.strategy: Input should be 'auto', 'ddp' or 'fsdp'"),
+        (lambda r: r["extraction"].update(model_actors=[{"models": ["clip", "gdino"]}, {"models": ["ram", "sam"]}]),
+         r"extraction\.model_actors: list every model once, in pipeline order \['clip', 'ram', 'gdino', 'sam'\].*got \['clip', 'gdino', 'ram', 'sam'\]"),
+        (lambda r: r["extraction"].update(model_actors=[{"models": ["clip", "ram", "gdino", "sam"], "count": 0}]),
+         r"extraction\.model_actors\.0\.count: Input should be greater than or equal to 1"),
+        (lambda r: r["extraction"].update(actors={"sam": 2}), r"extraction\.actors: Extra inputs are not permitted"),
     ],
 )
 def test_bad_values_are_refused_with_file_key_and_problem(tmp_path, edit, expected):
