@@ -25,7 +25,7 @@ InputShard = TarShard | FolderShard
 Chunk = dict[str, Any]  # a part as it travels: rows, skips, and one entry per image in every other field
 
 
-# --- stage 1: read an input shard front to back, in parts of raw inputs (one task per shard) ----------
+# --- stage 1: read an input shard front to back, in parts of raw inputs (reader actors) ----------------
 def part_name(shard: str, index: int) -> str:
     """The cache shard of part ``index`` of an input shard: ``00042.0003``."""
     return f"{shard}.{index:04d}"
@@ -34,7 +34,7 @@ def part_name(shard: str, index: int) -> str:
 class ReadStage:
     """Cuts one input shard into parts of ``part_size`` consecutive inputs (bytes, not yet decoded).
 
-    Reading is cheap next to decoding, so one task reads a whole shard while the decode actors work
+    Reading is cheap next to decoding, so one reader takes a whole shard while the decode actors work
     on its parts in parallel. A part's content depends on the shard's bytes and ``part_size`` alone.
     Parts already committed (a resumed run) are read past, not sent on.
     """
@@ -60,7 +60,7 @@ class ReadStage:
         yield {"record": {"shard": shard.name, "source": shard.source, "part": index, "name": name, "last": last, "inputs": inputs}}
 
 
-# --- stage 4: each part written as a cache shard by the worker that holds it (tasks) --------------------
+# --- stage 4: each part written as a cache shard by the worker that holds it (writer actors) ------------
 def store_rows(dataset: str, record: Chunk) -> list[dict[str, Any]]:
     rows = []
     for i, r in enumerate(record["rows"]):

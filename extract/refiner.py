@@ -27,11 +27,11 @@ from lyrics.extract import clip, grounding_dino, ram_plus, sam_hq
 from lyrics.extract.clip import ClipPreprocess, ClipVision, load_clip
 from lyrics.extract.grounding_dino import GdinoPreprocess, GroundingDino, load_grounding_dino
 from lyrics.extract.ram_plus import RamPlusTagger, RamPreprocess, load_ram_plus
+from lyrics.extract.parts import Chunk
 from lyrics.extract.sam_hq import SamHq, SamPreprocess, load_sam_hq
 from lyrics.spatial_text import format_objects
 from lyrics.store.codecs import select_top_q
 
-Chunk = dict[str, Any]
 LOADERS = {"clip": load_clip, "ram": load_ram_plus, "gdino": load_grounding_dino, "sam": load_sam_hq}
 RANDOM_CHECKPOINT_WRITERS = {
     "clip": clip.write_random_checkpoint,
