@@ -114,7 +114,7 @@ def input_shards(config: PipelinesConfig, dataset: str) -> tuple[InputShard, ...
 # --- stage 2: decode once, resize for every model (CPU actors) ------------------------------------------
 class DecodeStage:
     """Decodes a part's images and resizes each for every model, as uint8: what crosses the object
-    store is what the models need, a quarter of the bytes of their float inputs. Every input is a row
+    store is what the models need, about a fifth of the bytes of their float inputs. Every input is a row
     or a skip."""
 
     def __init__(self, config: PipelinesConfig, profile: str, dataset: str) -> None:
