@@ -335,6 +335,13 @@ def quiet_libraries() -> None:
 
 
 # --- report ---------------------------------------------------------------------------------------------
+def write_results(out: Path, name: str, results: dict[str, Any]) -> None:
+    """``<out>/<name>`` as indented JSON (shared by the bench scripts)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out / name}")
+
+
 def print_tables(results: dict[str, Any]) -> None:
     runs = results["runs"]
     base = runs["per_image"]["images_per_s"]
@@ -448,10 +455,7 @@ def main() -> None:
     print_tables(results)
     if "pipeline" in results:
         print_pipeline(results["pipeline"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("extract_paper_random.json" if args.paper_random else "extract.json")
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    write_results(args.out, "extract_paper_random.json" if args.paper_random else "extract.json", results)
 
 
 if __name__ == "__main__":

@@ -173,10 +173,7 @@ def main() -> None:
         "first_batch_agreement": agreement(cached_first, online_first),
     }  # fmt: skip
     print_tables(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "finetune.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    bench_extract.write_results(args.out, "finetune.json", results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import argparse
 import gc
 import importlib.util
 import itertools
-import json
 import os
 import sys
 import time
@@ -345,10 +344,7 @@ def main() -> None:
     results["part_seconds"] = parts
     results["seconds"] = time.perf_counter() - start
     print_report(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "gpu_check.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    bench_extract.write_results(args.out, "gpu_check.json", results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import copy
 import importlib.util
 import itertools
-import json
 import shutil
 import sys
 import tempfile
@@ -246,10 +245,7 @@ def main() -> None:
         "refiner_tokens_max_abs_diff": diff(cached_first.image.refiner_tokens, online_first.image.refiner_tokens),
         "rows_with_same_text": sum(a == b for a, b in zip(text(cached_first.text), text(online_first.text)))}  # fmt: skip
     print_tables(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("train_paper_random.json" if args.paper_random else "train.json")
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    bench_extract.write_results(args.out, "train_paper_random.json" if args.paper_random else "train.json", results)
 
 
 if __name__ == "__main__":
