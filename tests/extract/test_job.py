@@ -323,6 +323,7 @@ def test_driver_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, 
     assert_same_cache(sample_cache, cache)
 
 
+@pytest.mark.slow  # a third extraction of the sample: `make test-slow` keeps `make test` under 15 minutes
 def test_worker_sigkill_mid_write_then_the_cache_equals_the_uninterrupted_one(config_path, sample_cache, tmp_path):
     """The worker writing part 00001.0000 dies before its commit: Ray retries the part (or a rerun does), and
     the cache is the same; the dead writer's half-written folder is gone."""
