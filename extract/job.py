@@ -1,8 +1,8 @@
 """Phase 1 as a Ray Data job, one row per *part* (up to ``part_size`` consecutive inputs of one input shard):
 
-    read (a task per input shard) -> decode + resize to uint8 (CPU actors) -> CLIP -> RAM++ -> Grounding-DINO
+    read (reader actors, a shard each) -> decode + resize to uint8 (CPU actors) -> CLIP -> RAM++ -> Grounding-DINO
     -> SAM-HQ (``model_actors``: by default each actor holds all four; each model normalises its inputs
-    and runs batches of ``batch_size``) -> write (tasks) -> counts to the driver
+    and runs batches of ``batch_size``) -> write (writer actors) -> counts to the driver
 
 Each part becomes one cache shard (``00042.0003``), written and committed atomically by the worker
 that holds its features; the driver receives counts only and finalises the manifest. A part's
@@ -23,47 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lyrics.data.errors import DataFormatError
-from lyrics.data.image_folder import folder_shards
-from lyrics.data.webdataset import InputSkip, TarShard, WebSample, expand_shards
-from lyrics.extract.cache_location import (
-    STAGES,
-    cache_schema,
-    default_cache_root,
-    extraction_settings,
-    fingerprints,
-    storage_options,
-)
-from lyrics.extract.checkpoints import component_spec
-from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
-from lyrics.extract.null_model import NullModel
-from lyrics.extract.parts import (
-    Chunk,
-    InputShard,
-    ReadStage,
-    WriteStage,
-    complete_input_shards,
-    size_on_disk,
-)
-from lyrics.extract.refiner import (
-    ensure_checkpoints,
-    load_stage,
-    merge_images,
-    preprocessors,
-    run_stage,
-    select_images,
-    stack_pixels,
-)
-from lyrics.store import (
-    CacheIdentity,
-    CacheWriter,
-    Manifest,
-    check_resumable,
-    sample_id,
-)
 from tqdm import tqdm
 
 from lyrics.config import ConfigError, ExtractionConfig, PipelinesConfig
+from lyrics.data.errors import DataFormatError
+from lyrics.data.image_folder import folder_shards
+from lyrics.data.webdataset import InputSkip, TarShard, WebSample, expand_shards
+from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
+from lyrics.extract.checkpoints import component_spec
+from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
+from lyrics.extract.null_model import NullModel
+from lyrics.extract.parts import Chunk, InputShard, ReadStage, WriteStage, complete_input_shards, size_on_disk
+from lyrics.extract.refiner import ensure_checkpoints, load_stage, merge_images, preprocessors, run_stage, select_images, stack_pixels
+from lyrics.store import CacheIdentity, CacheWriter, Manifest, check_resumable, sample_id
 
 log = logging.getLogger(__name__)
 
