@@ -1,7 +1,7 @@
 """The frozen models as one pipeline: CLIP ViT tokens, and the visual refiner RAM++ -> Grounding-DINO -> SAM-HQ.
 
-The same stage functions serve the Ray job (each stage in its own actor pool, on batches of one
-part's images) and the online path (``refine(image)``, one image, for inference and the demo).
+The same stage functions serve the Ray job (in its model actors, on batches of one part's images)
+and the online path (``refine(image)``, one image, for inference and the demo).
 A chunk is a plain dict that every stage reads from and adds its outputs to.
 """
 

@@ -98,8 +98,7 @@ class CacheWriter:
         self.shards_dir.mkdir(parents=True, exist_ok=True)
         if not (self.root / MANIFEST_NAME).exists():
             write_json_atomic(self.root / MANIFEST_NAME, Manifest(identity).to_json())
-        for partial in self.shards_dir.glob(TMP_PREFIX + "*"):
-            shutil.rmtree(partial)  # a shard whose writer died before commit: redo it
+        self._remove_partials()  # shards whose writers died before their commit: redone
 
     def committed(self) -> set[str]:
         return committed_shards(self.root)
@@ -116,6 +115,10 @@ class CacheWriter:
         tables = [pq.read_table(self.shards_dir / name / ROWS_NAME, columns=list(columns)) for name in sorted(self.committed())]
         return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table().select(list(columns))
 
+    def _remove_partials(self) -> None:
+        for partial in self.shards_dir.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(partial)
+
     def records(self) -> list[ShardRecord]:
         """Every committed shard's record, in name order."""
         return [read_shard_record(self.shards_dir / name) for name in sorted(self.committed())]
@@ -123,8 +126,7 @@ class CacheWriter:
     def finalize(self, extra: Mapping[str, Any] | None = None) -> Manifest:
         """Rebuild the manifest from every committed shard and mark the cache complete; the
         temporary folders of writers killed during the run go (no writer is left by now)."""
-        for partial in self.shards_dir.glob(TMP_PREFIX + "*"):
-            shutil.rmtree(partial)
+        self._remove_partials()
         records = tuple(self.records())
         manifest = Manifest(self.identity, records, complete=True, extra=dict(extra or {}))
         write_json_atomic(self.root / MANIFEST_NAME, manifest.to_json())
