@@ -1,6 +1,6 @@
 """Stage-2 finetuning steps/s from the cache against the frozen models run online, in one run.
 
-    python bench/finetune.py [--data SET ...] [--steps 3] [--batch B] [--workers W] [--out bench/results]
+    python bench/finetune.py [--data SET ...] [--steps 3] [--batch B] [--threads T] [--out bench/results]
                              [--stage1 DIR | --from-scratch]
 
 What phase 1 buys stage 2. Both paths take the same optimizer step (``LyricsLVLM``'s response-token
@@ -11,7 +11,7 @@ frozen LLM), on the same instruction examples in the trainer's ``SampleStream`` 
 as ``seed_step`` seeds the trainer's:
 
 1. cache: batches of ``open_instruction_sets``' dataset (each example joined to its image's cache
-   row) through ``StreamData``'s DataLoader (``training.num_workers`` workers) and the
+   row) through ``StreamData``'s reader threads (``training.reading.threads``) and the
    ``SampleEncoder``; timed: batch wait + step.
 2. online: the bytes of each example's image (the webdataset sample that the cache row's ``source``
    names: ``file`` and ``key``, read before timing) decoded, preprocessed, CLIP, RAM++,
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", help="instruction sets, their images' tiny caches built (default: training.finetune.data)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each path (after one warm-up step)")
     parser.add_argument("--batch", type=int, help="examples per step (default: the recipe's micro_batch)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of the cache path (default: training.num_workers)")
+    parser.add_argument("--threads", type=int, help="reader threads of the cache path (default: training.reading.threads)")
     parser.add_argument("--stage1", type=Path, help="stage-1 result (default: {runs}/pretrain-<profile>/stage1, from `make pretrain`)")
     parser.add_argument("--from-scratch", action="store_true", help="no stage-1 result: the profile's initial MQ-Former")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -153,11 +153,12 @@ def main() -> None:
         except (ConfigError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
         recipe, dataset = plan.recipe, prepared.dataset
-        batch, workers = args.batch or recipe.micro_batch, config.training.num_workers if args.workers is None else args.workers
+        batch = args.batch or recipe.micro_batch
+        reading = config.training.reading if args.threads is None else config.training.reading.model_copy(update={"threads": args.threads})
         models = FrozenModels.load(config, plan.profile, str(device))
         runner = lambda: StepRunner(copy.deepcopy(prepared.model), recipe, device)  # noqa: E731  (each path from the same init)
         print(f"{len(dataset)} instruction examples, batch {batch}, {args.steps} timed steps per path, {device} ...", flush=True)
-        data = StreamData(dataset, prepared.encoder, batch, workers, recipe.seed)
+        data = StreamData(dataset, prepared.encoder, batch, reading, recipe.seed)
         cache, cached_first = bench_train.time_cache(data, runner(), args.steps)
         images, turns = zip(*stream_batches(dataset, recipe.seed, batch, args.steps + 1))
         collate = TurnsEncoder(prepared.encoder, iter(turns))
@@ -166,7 +167,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     results = {
         "data": plan.settings.data, "profile": plan.profile, "stage1": str(plan.stage1 or "none (from scratch)"), "examples": len(dataset),
-        "batch": batch, "steps": args.steps, "workers": workers, "prompt": vars(prepared.encoder.settings),
+        "batch": batch, "steps": args.steps, "threads": reading.threads, "prompt": vars(prepared.encoder.settings),
         "trained_parameters": sum(p.numel() for p in prepared.model.parameters() if p.requires_grad),
         "machine": bench_extract.describe_machine(device), "runs": {"cache": cache, "online": online},
         "ratios": {"cache_over_online": cache["steps_per_s"] / online["steps_per_s"]},

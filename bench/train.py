@@ -1,13 +1,13 @@
 """Stage-1 pretraining steps/s from the cache against the frozen models run online, in one run.
 
-    python bench/train.py [--data sample] [--steps 5] [--batch B] [--workers W] [--out bench/results] [--paper-random]
+    python bench/train.py [--data sample] [--steps 5] [--batch B] [--threads T] [--out bench/results] [--paper-random]
 
 What phase 1 buys phase 2. Both paths take the same optimizer step (``pretraining_losses``, backward,
 AdamW + schedule of ``PretrainModule.configure_optimizers``, temperature clamp) from the MQ-Former that
 ``prepare`` builds (seeded), on the same rows in the trainer's ``SampleStream`` order, seeded alike per step:
 
-1. cache: batches from ``open_caches`` through ``StreamData``'s DataLoader (``training.num_workers``
-   workers) and ``PretrainCollate``; timed: batch wait + step.
+1. cache: batches from ``open_caches`` through ``StreamData``'s reader threads
+   (``training.reading.threads``) and ``PretrainCollate``; timed: batch wait + step.
 2. online: each batch's images (bytes read before timing) decoded, preprocessed, CLIP, RAM++,
    Grounding-DINO (on the tags), SAM-HQ (on the boxes) through ``run_stage`` as the extraction runs
    them; the outputs become rows with ``CacheDataset``'s keys for the same collate.
@@ -108,7 +108,7 @@ def online_batch(models: FrozenModels, images: list[WebSample], collate: Pretrai
 
 def time_cache(data: StreamData, runner: StepRunner, steps: int) -> tuple[dict[str, Any], PretrainBatch]:
     batches = iter(data.loader())
-    runner(first := next(batches))  # warm-up (starts the workers)
+    runner(first := next(batches))  # warm-up (starts the reader threads)
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
         t = time.perf_counter()
@@ -116,7 +116,7 @@ def time_cache(data: StreamData, runner: StepRunner, steps: int) -> tuple[dict[s
         wait += time.perf_counter() - t
         runner(batch)
     seconds = time.perf_counter() - start
-    del batches  # stops the workers before the online path runs
+    batches.close()  # stops the reader threads before the online path runs
     split = {"data wait": wait / steps, "train step": (seconds - wait) / steps}
     return {"seconds": seconds, "steps_per_s": steps / seconds, "s_per_step": split, "last_loss": runner.losses[-1]}, first
 
@@ -192,7 +192,7 @@ def print_speed(r: dict[str, Any], title: str, items: str) -> None:
     """The cache-vs-online table, the online step's phases and both last losses (shared with bench/finetune.py)."""
     cache, online, m = r["runs"]["cache"], r["runs"]["online"], r["machine"]
     print(f"\n{title}, batch {r['batch']}, {r['steps']} timed steps after 1 warm-up, "
-          f"{m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), DataLoader workers {r['workers']}")  # fmt: skip
+          f"{m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), reader threads {r['threads']}")  # fmt: skip
     print(f"{'path':<36}{'steps/s':>9}{'s/step':>9}{'vs online':>11}")
     for label, run in (("from the cache", cache), ("online (frozen models every batch)", online)):
         print(f"{label:<36}{run['steps_per_s']:>9.3f}{1 / run['steps_per_s']:>9.3f}{run['steps_per_s'] / online['steps_per_s']:>11.2f}")
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--data", default="sample", help="a dataset registered in pipelines.yaml, with its tiny cache built")
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each path (after one warm-up step)")
     parser.add_argument("--batch", type=int, help="images per step (default: the recipe's micro_batch)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of the cache path (default: training.num_workers)")
+    parser.add_argument("--threads", type=int, help="reader threads of the cache path (default: training.reading.threads)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     parser.add_argument("--paper-random", action="store_true", help="paper sizes at random weights (GPU only)")
@@ -222,21 +222,22 @@ def main() -> None:
     config = load_config(args.config)
     profile = "paper" if args.paper_random else "tiny"
     settings, recipe = config.training.pretrain, config.training.pretrain.recipes[profile]
-    batch, workers = args.batch or recipe.micro_batch, config.training.num_workers if args.workers is None else args.workers
+    batch = args.batch or recipe.micro_batch
+        reading = config.training.reading if args.threads is None else config.training.reading.model_copy(update={"threads": args.threads})
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         models, dataset, model, tokenizer = load(args, config, work, device)
         collate = PretrainCollate(tokenizer, TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation))
         runner = lambda: StepRunner(copy.deepcopy(model), TokenIds.of(tokenizer), recipe, settings.msp_probability, device)  # noqa: E731  (each path from the same init)
         print(f"{len(dataset)} cached rows, batch {batch}, {args.steps} timed steps per path, {device} ...", flush=True)
-        cache, cached_first = time_cache(StreamData(dataset, collate, batch, workers, recipe.seed), runner(), args.steps)
+        cache, cached_first = time_cache(StreamData(dataset, collate, batch, reading, recipe.seed), runner(), args.steps)
         batches = stream_batches(config, args.data, dataset, recipe.seed, batch, args.steps + 1)
         online, online_first = time_online(batches, models, collate, runner(), config.extraction.storage.top_q)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {
         "data": args.data, "profile": profile + (" (random weights)" if args.paper_random else ""), "batch": batch, "steps": args.steps,
-        "workers": workers, "machine": bench_extract.describe_machine(device), "runs": {"cache": cache, "online": online},
+        "threads": reading.threads, "machine": bench_extract.describe_machine(device), "runs": {"cache": cache, "online": online},
         "ratios": {"cache_over_online": cache["steps_per_s"] / online["steps_per_s"]},
     }  # fmt: skip
     diff = lambda a, b: float((a - b).abs().max()) if a.shape == b.shape else None  # noqa: E731  (first batch: online vs cached)

@@ -26,7 +26,8 @@ def extraction_settings(config: PipelinesConfig, profile: str) -> dict[str, Any]
 
 
 def storage_options(config: PipelinesConfig) -> StorageOptions:
-    return StorageOptions(dtype=config.extraction.storage.dtype, top_q=config.extraction.storage.top_q)
+    storage = config.extraction.storage
+    return StorageOptions(dtype=storage.dtype, top_q=storage.top_q, compression=storage.compression)
 
 
 def recorded_settings(config: PipelinesConfig, profile: str) -> dict[str, dict[str, Any]]:

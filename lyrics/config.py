@@ -77,6 +77,7 @@ class ProfileConfig(Strict):
 class StorageConfig(Strict):
     dtype: Literal["fp16", "int8"] = "fp16"
     top_q: int | None = Field(None, ge=1, description="keep the top-Q Grounding-DINO queries by score")
+    compression: Literal["none", "lz4", "zstd"] = Field("none", description="of the feature tensors (masks are always zstd)")
 
 
 class DetectionConfig(Strict):
@@ -188,11 +189,19 @@ class FinetuneConfig(Strict):
     recipes: dict[str, FinetuneRecipe]
 
 
+class ReadingConfig(Strict):
+    """How the trainers read the cache (``python bench/store.py`` measures each choice)."""
+
+    threads: int = Field(2, ge=0, description="threads per training process that read and collate batches (0: the training loop itself)")
+    block_rows: int = Field(1, ge=1, description="1: a full shuffle each epoch; B: blocks of B consecutive rows shuffled, then mixed in windows")
+    window_blocks: int = Field(16, ge=1, description="blocks whose rows are shuffled together when block_rows > 1")
+
+
 class TrainingConfig(Strict):
     profile: str = "tiny"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | Literal["auto"] = Field("auto", description="processes: GPUs (auto: all), or CPU processes (auto: one)")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers per process")
+    reading: ReadingConfig = ReadingConfig()
     runs: str = "{root}/runs"
     pretrain: PretrainConfig
     finetune: FinetuneConfig

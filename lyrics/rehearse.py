@@ -128,7 +128,6 @@ def write_rehearsal_data(config: PipelinesConfig, work: Path, count: int) -> Pat
     for stage in ("pretrain", "finetune"):
         raw["training"][stage]["data"] = ["rehearse"]
         raw["training"][stage]["recipes"]["paper"].update(SHORT_RECIPE)
-    raw["training"]["num_workers"] = 0
     raw["evaluation"]["batch_size"] = 2
     for component in raw["profiles"].values():  # architecture files stay the repository's
         for value in component.values():

@@ -73,7 +73,8 @@ class CacheIdentity:
     def from_json(cls, data: dict[str, Any]) -> CacheIdentity:
         return cls(
             schema=CacheSchema.from_json(data["schema"]),
-            storage=StorageOptions(**data["storage"]),
+            # Caches written before the setting existed compressed their features with zstd.
+            storage=StorageOptions(**{"compression": "zstd", **data["storage"]}),
             extraction=data["extraction"],
             fingerprints=dict(data["fingerprints"]),
         )

@@ -28,9 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import ZstdCodec
 
-from lyrics.store.codecs import SCALE_SUFFIX, StorageOptions, encode, select_top_q, stored_dtype
+from lyrics.store.codecs import SCALE_SUFFIX, StorageOptions, compressors, encode, select_top_q, stored_dtype
 from lyrics.store.manifest import (
     MANIFEST_NAME,
     SHARD_META_NAME,
@@ -155,7 +154,6 @@ class ShardWriter:
 
     def _create_arrays(self) -> dict[str, zarr.Array]:
         per_file = self.storage.samples_per_chunk_file
-        compressors = ZstdCodec(level=self.storage.zstd_level)
         arrays = {}
         for f in self.schema.tensors:
             specs = [(f.name, f.shape, stored_dtype(f, self.storage))]
@@ -163,7 +161,7 @@ class ShardWriter:
                 specs.append((f.name + SCALE_SUFFIX, f.shape[:-1], "float32"))
             for name, shape, dtype in specs:
                 arrays[name] = self.group.create_array(
-                    name, shape=(0, *shape), dtype=dtype, chunks=(1, *shape), shards=(per_file, *shape), compressors=compressors
+                    name, shape=(0, *shape), dtype=dtype, chunks=(1, *shape), shards=(per_file, *shape), compressors=compressors(f, self.storage)
                 )
         return arrays
 

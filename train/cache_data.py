@@ -17,13 +17,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import BatchSampler, Dataset, Sampler, Subset
 from transformers import PreTrainedTokenizerBase
 
-from lyrics.config import PipelinesConfig
+from lyrics.config import PipelinesConfig, ReadingConfig
 from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, recorded_settings
 from lyrics.extract.checkpoints import component_spec
-from lyrics.store import CacheDataset, CacheExpectation, ShardShuffleSampler
+from lyrics.store import CacheDataset, CacheExpectation, ConcatCaches, ShardShuffleSampler, ThreadedBatches
 from lyrics.train.objectives import ImageInputs, PretrainBatch
 from lyrics.train.pretrain_text import TextSettings, encode_pretrain_text
 
@@ -66,16 +66,18 @@ def open_caches(roots: Sequence[Path], expect: CacheExpectation) -> Dataset:
         if len(keep) < len(captions):
             log.info("%s: %d of %d rows have no caption and are left out of stage 1", root, len(captions) - len(keep), len(captions))
         parts.append(Subset(dataset, keep))
-    return ConcatDataset(parts)
+    return ConcatCaches(parts)
 
 
 class SampleStream(Sampler[int]):
     """Endless per-rank indices: epoch after epoch of ``ShardShuffleSampler`` (padded, so ranks stay in step)."""
 
-    def __init__(self, num_rows: int, seed: int, rank: int, world_size: int, start: int = 0) -> None:
+    def __init__(self, num_rows: int, seed: int, rank: int, world_size: int, start: int = 0, order: ReadingConfig = ReadingConfig()) -> None:
         if num_rows < 1:
             raise ValueError("the cache has no rows to train on")
-        self.epoch_sampler = ShardShuffleSampler(num_rows, shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True)
+        self.epoch_sampler = ShardShuffleSampler(
+            num_rows, shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True, block_rows=order.block_rows, window_blocks=order.window_blocks
+        )
         self.start = start  # samples of this rank already consumed
 
     def __iter__(self) -> Iterator[int]:
@@ -111,26 +113,21 @@ def image_tensors(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.
 
 
 class StreamData(L.LightningDataModule):
-    """A dataset as an endless, resumable, seeded stream of micro-batches (see ``SampleStream``)."""
+    """A dataset as an endless, resumable, seeded stream of micro-batches (see ``SampleStream``), read
+    and collated by ``reading.threads`` threads of the training process (``ThreadedBatches``)."""
 
-    def __init__(self, dataset: Dataset, collate: Callable[[list], Any], micro_batch: int, num_workers: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, collate: Callable[[list], Any], micro_batch: int, reading: ReadingConfig, seed: int) -> None:
         super().__init__()
         self.dataset, self.collate = dataset, collate
-        self.micro_batch, self.num_workers, self.seed = micro_batch, num_workers, seed
+        self.micro_batch, self.reading, self.seed = micro_batch, reading, seed
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ThreadedBatches:
         trainer = self.trainer
         # Called after a checkpoint's loops are restored: global_step is where the run resumes.
         consumed = trainer.global_step * trainer.accumulate_grad_batches * self.micro_batch
         return self.loader(consumed, trainer.global_rank, trainer.world_size)
 
-    def loader(self, start: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def loader(self, start: int = 0, rank: int = 0, world_size: int = 1) -> ThreadedBatches:
         """Rank ``rank``'s batches from its ``start``-th sample on."""
-        return DataLoader(
-            self.dataset,
-            batch_size=self.micro_batch,
-            sampler=SampleStream(len(self.dataset), self.seed, rank, world_size, start=start),
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        stream = SampleStream(len(self.dataset), self.seed, rank, world_size, start=start, order=self.reading)
+        return ThreadedBatches(self.dataset, BatchSampler(stream, self.micro_batch, drop_last=False), self.collate, threads=self.reading.threads)

@@ -178,7 +178,7 @@ def _mqformer(plan: FinetunePlan) -> tuple[MQFormer, PreTrainedTokenizerBase, bo
 def train(plan: FinetunePlan, prepared: Prepared, progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path | None:
     """Train (or resume) the plan's run; returns the stage-2 result's folder (None on ranks other than 0)."""
     recipe = plan.recipe
-    data = StreamData(prepared.dataset, prepared.encoder, recipe.micro_batch, plan.config.training.num_workers, recipe.seed)
+    data = StreamData(prepared.dataset, prepared.encoder, recipe.micro_batch, plan.config.training.reading, recipe.seed)
     module = FinetuneModule(prepared.model, recipe)
     trainer = fit(module, data, plan.run_dir, plan.identity(), recipe, plan.config, plan.devices, plan.accumulate, prepared.resume,
                   f"stage 2, {plan.run_dir.name}", progress, callbacks, unused_parameters=True)  # fmt: skip

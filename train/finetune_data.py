@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lyrics.config import ConfigError, PipelinesConfig
@@ -34,7 +34,7 @@ from lyrics.data.instructions import Instruction, image_key, read_jsonl, require
 from lyrics.extract.cache_location import default_cache_root
 from lyrics.model.lvlm import ImageFeatures, PromptSettings
 from lyrics.model.tokenizer import TokenIds
-from lyrics.store import CacheDataset, CacheExpectation
+from lyrics.store import CacheDataset, CacheExpectation, ConcatCaches
 from lyrics.train.cache_data import PRETRAIN_FIELDS, image_tensors
 from lyrics.train.finetune_text import IGNORE, ChatTokens, encode_conversation, encode_prompt
 from lyrics.train.pretrain_text import spatial_tokens
@@ -67,9 +67,13 @@ class InstructionDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.cache[self.rows[index]])
-        item["turns"] = self.examples[index].turns
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        items = self.cache.__getitems__([self.rows[i] for i in indices])
+        for item, index in zip(items, indices):
+            item["turns"] = self.examples[index].turns
+        return items
 
 
 def row_index(cache: CacheDataset) -> dict[str, int]:
@@ -95,7 +99,7 @@ def open_instruction_sets(config: PipelinesConfig, profile: str, names: Sequence
             log.info("%s: %d text-only examples left out of stage 2", path, len(examples) - len(with_image))
         cache = CacheDataset(default_cache_root(config, entry.images, profile), expect, fields=PRETRAIN_FIELDS)
         parts.append(InstructionDataset(with_image, cache))
-    return ConcatDataset(parts)
+    return ConcatCaches(parts)
 
 
 @dataclass

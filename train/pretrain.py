@@ -132,7 +132,7 @@ def train(plan: PretrainPlan, prepared: Prepared, progress: bool = True, callbac
     ``callbacks`` are added to the trainer's."""
     settings, recipe, tokenizer = plan.settings, plan.recipe, prepared.init.tokenizer
     text = TextSettings(recipe.max_spatial_tokens, recipe.max_caption_tokens, settings.spatial_representation)
-    data = StreamData(prepared.dataset, PretrainCollate(tokenizer, text), recipe.micro_batch, plan.config.training.num_workers, recipe.seed)
+    data = StreamData(prepared.dataset, PretrainCollate(tokenizer, text), recipe.micro_batch, plan.config.training.reading, recipe.seed)
     module = PretrainModule(prepared.init.model, TokenIds.of(tokenizer), recipe, settings.msp_probability)
     trainer = fit(module, data, plan.run_dir, plan.identity(), recipe, plan.config, plan.devices, plan.accumulate, prepared.resume,
                   f"stage 1, {plan.run_dir.name}", progress, callbacks)  # fmt: skip

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from lyrics.store import CacheDataset, CacheExpectation, CacheIdentity, CacheMismatchError, CacheWriter, ShardShuffleSampler, StorageOptions, lyrics_schema
+from lyrics.store import WORKER_START, CacheDataset, CacheExpectation, CacheIdentity, CacheMismatchError, CacheWriter, ShardShuffleSampler, StorageOptions, lyrics_schema
 from lyrics.store.reader import pad_collate
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
 
@@ -51,7 +51,8 @@ def test_sampler_shuffles_across_shards_and_reshuffles_per_epoch(cache):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_dataloader_workers_cover_every_row_once(cache, workers):
     ds = CacheDataset(cache)
-    loader = DataLoader(ds, batch_size=4, sampler=ShardShuffleSampler(len(ds), seed=1), num_workers=workers, collate_fn=pad_collate)
+    loader = DataLoader(ds, batch_size=4, sampler=ShardShuffleSampler(len(ds), seed=1), num_workers=workers, collate_fn=pad_collate,
+                        multiprocessing_context=WORKER_START if workers else None)
     seen = [i for batch in loader for i in batch["id"]]
     assert sorted(seen) == sorted(all_ids(cache))
 
@@ -66,7 +67,8 @@ def test_two_ranks_are_disjoint_and_complete(cache):
     # Each rank through its own DataLoader with workers: together every row exactly once.
     seen = []
     for r in range(2):
-        loader = DataLoader(ds, batch_size=3, sampler=ShardShuffleSampler(len(ds), seed=5, rank=r, world_size=2), num_workers=2, collate_fn=pad_collate)
+        loader = DataLoader(ds, batch_size=3, sampler=ShardShuffleSampler(len(ds), seed=5, rank=r, world_size=2), num_workers=2, collate_fn=pad_collate,
+                            multiprocessing_context=WORKER_START)
         seen += [i for batch in loader for i in batch["id"]]
     assert sorted(seen) == sorted(all_ids(cache))
 

@@ -27,7 +27,6 @@ def write_config(root: Path, edit=None) -> Path:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["root"] = str(root)
     raw["extraction"].update(max_objects=MAX_OBJECTS, storage={"top_q": TOP_Q})
-    raw["training"]["num_workers"] = 0
     raw["training"]["pretrain"]["recipes"]["tiny"].update(
         steps=4, global_batch=4, micro_batch=2, lr=3e-4, checkpoint_every=2, log_every=1, max_spatial_tokens=48
     )
