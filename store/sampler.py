@@ -63,9 +63,10 @@ class ShardShuffleSampler(Sampler[int]):
             return torch.randperm(self.num_rows, generator=generator).tolist()
         blocks = torch.randperm(-(-self.num_rows // self.block_rows), generator=generator)
         rows = (blocks[:, None] * self.block_rows + torch.arange(self.block_rows)).flatten()
-        rows = rows[rows < self.num_rows]
+        window = (torch.arange(len(blocks)) // self.window_blocks).repeat_interleave(self.block_rows)
+        keep = rows < self.num_rows  # the last block may be short
+        rows, window = rows[keep], window[keep]
         # Shuffle within each run of window_blocks blocks: sort by (window, random key).
-        window = torch.arange(len(rows)) // (self.block_rows * self.window_blocks)
         keys = window.double() + torch.rand(len(rows), generator=generator, dtype=torch.float64)
         return rows[torch.argsort(keys)].tolist()
 

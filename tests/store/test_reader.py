@@ -110,3 +110,25 @@ def test_mismatched_fingerprint_or_schema_is_refused_naming_both_sides(cache):
 def test_missing_cache_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
         CacheDataset(tmp_path / "nothing")
+
+
+def test_block_order_is_a_seeded_permutation_of_local_runs():
+    sampler = ShardShuffleSampler(103, seed=7, block_rows=8, window_blocks=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(103)) and first == list(ShardShuffleSampler(103, seed=7, block_rows=8, window_blocks=3))
+    positions: dict[int, list[int]] = {}
+    for position, row in enumerate(first):
+        positions.setdefault(row // 8, []).append(position)
+    # A block's 8 consecutive rows are read within one window of 3 blocks (24 positions).
+    assert all(max(p) - min(p) < 24 for p in positions.values())
+    assert len({row // 8 for row in first[:24]}) == 3
+    assert first[:24] != sorted(first[:24]), "rows inside a window are shuffled"
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    ranks = [list(ShardShuffleSampler(103, seed=7, rank=r, world_size=2, block_rows=8, window_blocks=3)) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == list(range(103))
+
+
+def test_block_settings_below_one_are_refused():
+    with pytest.raises(ValueError, match="block_rows and window_blocks must be at least 1, got 0 and 1"):
+        ShardShuffleSampler(10, block_rows=0)
