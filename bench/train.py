@@ -223,7 +223,7 @@ def main() -> None:
     profile = "paper" if args.paper_random else "tiny"
     settings, recipe = config.training.pretrain, config.training.pretrain.recipes[profile]
     batch = args.batch or recipe.micro_batch
-        reading = config.training.reading if args.threads is None else config.training.reading.model_copy(update={"threads": args.threads})
+    reading = config.training.reading if args.threads is None else config.training.reading.model_copy(update={"threads": args.threads})
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         models, dataset, model, tokenizer = load(args, config, work, device)
