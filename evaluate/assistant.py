@@ -12,7 +12,7 @@ visual tokens go, and a prompt without it gets it in front. Inputs are built by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
+from transformers import PreTrainedTokenizerBase
 
 from lyrics.config import PipelinesConfig
 from lyrics.data.instruction_templates import IMAGE_TOKEN
@@ -42,8 +43,7 @@ def with_image(prompt: str) -> str:
 class Assistant:
     loaded: LoadedLVLM
     encoder: SampleEncoder
-    config: PipelinesConfig
-    profile: str
+    load_frozen: Callable[[torch.device], FrozenModels]  # the frozen models, on a device: called on first use
     device: torch.device
     _frozen: FrozenModels | None = field(default=None, repr=False)
 
@@ -52,21 +52,32 @@ class Assistant:
         """The stage-2 result on the profile's frozen LLM (default profile: training.profile)."""
         profile = profile or config.training.profile
         llm, llm_tokenizer = load_llm(component_spec(config, profile, "llm"))
-        loaded = load_lvlm(result, llm)
+        return cls.on(load_lvlm(result, llm), llm_tokenizer, lambda where: FrozenModels.load(config, profile, str(where)), device)
+
+    @classmethod
+    def on(
+        cls, loaded: LoadedLVLM, llm_tokenizer: PreTrainedTokenizerBase, load_frozen: Callable[[torch.device], FrozenModels], device: str | None = None
+    ) -> Assistant:
+        """A loaded stage-2 model, its LLM's tokenizer and where its frozen models come from, on ``device``."""
         where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         loaded.model.to(where)
         encoder = SampleEncoder(llm_tokenizer, loaded.tokenizer, loaded.prompt, loaded.model.num_visual_tokens)
-        return cls(loaded, encoder, config, profile, where)
+        return cls(loaded, encoder, load_frozen, where)
+
+    @property
+    def frozen(self) -> FrozenModels:
+        """The frozen models (loaded on first use, on this assistant's device)."""
+        if self._frozen is None:
+            self._frozen = self.load_frozen(self.device)
+        return self._frozen
 
     def refine(self, image: Image.Image) -> Refined:
-        """The frozen models on one photo (loaded on first use, on this assistant's device)."""
-        if self._frozen is None:
-            self._frozen = FrozenModels.load(self.config, self.profile, str(self.device))
-        return refine(to_rgb(image), self._frozen)
+        """The frozen models on one photo."""
+        return refine(to_rgb(image), self.frozen)
 
     def row(self, sample: Sample) -> dict[str, Any]:
         if isinstance(sample, Image.Image):
-            return self.refine(sample).row(self.config.extraction.storage.top_q)
+            return self.refine(sample).row(self.frozen.settings.storage.top_q)
         return sample
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,9 +99,13 @@ class FrozenModels:
     def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).preprocess(image) for name in STAGES}
 
-    def run(self, chunk: Chunk) -> Chunk:
+    def run(self, chunk: Chunk, seconds: dict[str, float] | None = None) -> Chunk:
+        """Every model on the chunk, in pipeline order; ``seconds`` gets each model's time (the web demo shows them)."""
         for name in STAGES:
+            start = time.perf_counter()
             chunk = run_stage(name, getattr(self, name), chunk, self.settings)
+            if seconds is not None:
+                seconds[name] = time.perf_counter() - start
         return chunk
 
 
@@ -220,9 +225,9 @@ class Refined:
         return {**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in tensors.items()}, "spatial_text": self.spatial_text}
 
 
-def refine(image: Image.Image, models: FrozenModels) -> Refined:
-    """Run every frozen model on one upright RGB image."""
-    chunk = models.run(new_chunk([models.preprocess(image)], [image.size]))
+def refine(image: Image.Image, models: FrozenModels, seconds: dict[str, float] | None = None) -> Refined:
+    """Run every frozen model on one upright RGB image (``seconds``: see ``FrozenModels.run``)."""
+    chunk = models.run(new_chunk([models.preprocess(image)], [image.size]), seconds)
     return Refined(
         tags=chunk["tags"][0],
         tag_scores=chunk["tag_scores"][0],

@@ -59,7 +59,7 @@ def draw_cache(cache: Path, out: Path, count: int = 16) -> Path:
 def draw_item(axis: plt.Axes, image: Image.Image, item: dict) -> None:
     width, height = image.size
     overlay = np.asarray(image).astype(np.float32) / 255
-    for n, (valid, mask) in enumerate(zip(item["sam_mask"].numpy(), item["sam_masks"].numpy())):
+    for n, (valid, mask) in enumerate(zip(np.asarray(item["sam_mask"]), np.asarray(item["sam_masks"]))):
         if valid:
             region = mask_on_image(mask, width, height)
             overlay[region] = 0.55 * overlay[region] + 0.45 * np.array(COLORS(n % 10)[:3])

@@ -43,7 +43,7 @@ class Chat:
     def __init__(self, assistant: Assistant, image: Image.Image, name: str, max_new_tokens: int) -> None:
         self.assistant, self.image, self.name, self.max_new_tokens = assistant, image, name, max_new_tokens
         self.refined = assistant.refine(image)
-        self.row = self.refined.row(assistant.config.extraction.storage.top_q)
+        self.row = self.refined.row(assistant.frozen.settings.storage.top_q)
         self.history: list[tuple[str, str]] = []
 
     def ask(self, question: str) -> str:

@@ -161,8 +161,11 @@ class LoadedLVLM:
     lora: LoraSettings
 
 
-def load_lvlm(folder: str | Path, llm: PreTrainedModel) -> LoadedLVLM:
-    """A saved stage-2 result on top of ``llm`` (the profile's frozen LLM, as loaded by ``load_llm``); in eval mode."""
+def load_lvlm(folder: str | Path, llm: PreTrainedModel, adapter: bool = True) -> LoadedLVLM:
+    """A saved stage-2 result on top of ``llm`` (the profile's frozen LLM, as loaded by ``load_llm``); in eval mode.
+
+    ``adapter=False``: ``llm`` already has the adapter merged in (an export with ``--merge-lora``); the
+    LoRA layers stay at their initial zero update (peft starts B at zero), so they add nothing."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise FileNotFoundError(f"{folder}: no {CONFIG}; not a stage-2 result (run `make finetune`)")
@@ -176,9 +179,10 @@ def load_lvlm(folder: str | Path, llm: PreTrainedModel) -> LoadedLVLM:
     missing, unexpected = load_model(_trained_parts(model), str(folder / WEIGHTS), strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS}: does not match its config (missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-    result = set_peft_model_state_dict(model.llm, load_peft_weights(str(folder / LORA), device="cpu"))
-    if result.unexpected_keys:
-        raise ValueError(f"{folder / LORA}: adapter weights the model has no place for: {sorted(result.unexpected_keys)[:5]}")
+    if adapter:
+        result = set_peft_model_state_dict(model.llm, load_peft_weights(str(folder / LORA), device="cpu"))
+        if result.unexpected_keys:
+            raise ValueError(f"{folder / LORA}: adapter weights the model has no place for: {sorted(result.unexpected_keys)[:5]}")
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER, local_files_only=True)
     return LoadedLVLM(model.eval(), tokenizer, PromptSettings(**config["prompt"]), lora)
 

@@ -27,19 +27,19 @@ _INDEX_CHECKSUM_BYTES = 4  # the crc32c after the index
 class MappedArray:
     """Rows of one sharded, uncompressed Zarr v3 array whose inner chunks are single rows."""
 
-    def __init__(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], rows_per_shard: int) -> None:
-        self.folder, self.dtype, self.shape, self.rows_per_shard = (
-            folder,
-            dtype,
-            shape,
-            rows_per_shard,
-        )
+    def __init__(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], rows_per_shard: int, fill_value: float | bool) -> None:
+        self.folder, self.dtype, self.shape, self.rows_per_shard = folder, dtype, shape, rows_per_shard
         self.row_shape = shape[1:]
-        self._shards: dict[int, tuple[np.memmap, np.ndarray]] = {}
+        # Zarr stores no chunk that holds only the fill value (the padded tokens of an image without objects).
+        self.fill = np.full(self.row_shape, fill_value, dtype=dtype)
+        self._shards: dict[int, tuple[np.memmap, np.ndarray] | None] = {}
 
-    def _shard(self, number: int) -> tuple[np.memmap, np.ndarray]:
+    def _shard(self, number: int) -> tuple[np.memmap, np.ndarray] | None:
         if number not in self._shards:
             path = self.folder / "c" / str(number) / "/".join("0" * len(self.row_shape))
+            if not path.is_file():  # no row of it differs from the fill value: Zarr wrote no file
+                self._shards[number] = None
+                return None
             data = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable views for torch, the file stays as it is
             index_bytes = self.rows_per_shard * 16
             index = data[len(data) - _INDEX_CHECKSUM_BYTES - index_bytes : len(data) - _INDEX_CHECKSUM_BYTES].view("<u8").reshape(-1, 2)
@@ -47,11 +47,14 @@ class MappedArray:
         return self._shards[number]
 
     def row(self, row: int) -> np.ndarray:
-        """The row as a view of the mapped file (no copy)."""
-        data, index = self._shard(row // self.rows_per_shard)
+        """The row as a view of the mapped file (no copy); the fill value where Zarr stored no chunk."""
+        shard = self._shard(row // self.rows_per_shard)
+        if shard is None:
+            return self.fill.copy()
+        data, index = shard
         offset, nbytes = index[row % self.rows_per_shard]
         if offset == _NO_CHUNK:
-            raise ValueError(f"{self.folder}: row {row} was never written")
+            return self.fill.copy()
         expected = math.prod(self.row_shape) * self.dtype.itemsize
         if nbytes != expected:
             raise ValueError(f"{self.folder}: row {row} holds {nbytes} bytes, expected {expected}")
@@ -75,4 +78,4 @@ def mapped_array(folder: Path) -> MappedArray | None:
     one_row_chunks = tuple(sharding["chunk_shape"]) == (1, *shape[1:]) and shard_shape[1:] == shape[1:]
     if not (inner_is_raw and index_is_standard and one_row_chunks):
         return None
-    return MappedArray(folder, np.dtype(meta["data_type"]).newbyteorder("<"), shape, shard_shape[0])
+    return MappedArray(folder, np.dtype(meta["data_type"]).newbyteorder("<"), shape, shard_shape[0], meta["fill_value"])

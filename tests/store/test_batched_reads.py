@@ -152,3 +152,16 @@ def test_threaded_batches_stop_early_and_raise_the_readers_error(cache):
     stream.close()  # an endless stream stopped at max_steps: returns, no thread left reading
     with pytest.raises(IndexError, match="index 17 out of range"):
         list(ThreadedBatches(ds, [[0], [17]], pad_collate, threads=2))
+
+
+def test_rows_zarr_did_not_store_read_as_the_fill_value(tmp_path):
+    tensors = synthetic_tensors(SCHEMA, 9, seed=0)
+    tensors["sam_tokens"][1] = 0  # one all-zero row in a file of others
+    tensors["sam_tokens"][4:8] = 0  # a whole Zarr shard file of zeros: Zarr writes no file at all
+    writer = CacheWriter(tmp_path / "cache", CacheIdentity(SCHEMA, StorageOptions(samples_per_chunk_file=4), {"profile": "tiny"}, {}))
+    with writer.open_shard("a", "a.tar") as shard:
+        shard.add_batch(synthetic_rows("t", "a", 0, 9, seed=0), tensors)
+    writer.finalize()
+    ds = CacheDataset(tmp_path / "cache")
+    got = np.stack([item["sam_tokens"].numpy() for item in ds.__getitems__(range(9))])
+    assert np.array_equal(got, tensors["sam_tokens"].astype(np.float16))

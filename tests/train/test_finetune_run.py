@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -325,3 +326,44 @@ def test_an_evaluation_scores_resumes_after_a_kill_and_refuses_missing_files(set
     assert submission == [{"question_id": 70, "answer": predictions[0]}, {"question_id": 71, "answer": predictions[1]}]
     assert "metrics" not in result and "server file" in summary(result)
     assert not (test_dev.out_dir("synthetic-test-dev") / "metrics.json").exists()
+
+
+def test_an_export_answers_as_its_run_and_refuses_other_frozen_models(setup, sample_dir, tmp_path):
+    """`python -m lyrics.export` -> `LyricsModel.from_pretrained`: the same greedy answers as the run, plain and merged."""
+    from lyrics.export import export
+    from lyrics.pretrained import FingerprintMismatchError, LyricsModel
+
+    root, config = setup
+    plan = plan_for(config, root, "plain")
+    if not (plan.run_dir / "lyrics").exists():  # trained by the first test unless it runs alone
+        train(plan, prepare(plan), progress=False)
+    assistant = Assistant.load(config, plan.run_dir / "lyrics")
+    rows = [prepare_rows(config, root)[i] for i in (0, 5)]
+    photo = Image.open(sample_dir / "images" / "chelsea.jpg").convert("RGB")
+    prompts = ["Describe the image.", "<Image>What is in it?", "What animal is this?"]
+    expected = assistant.generate([*rows, photo], prompts, NEW_TOKENS)
+    frozen = {name: component_spec(config, "tiny", name).checkpoint for name in ("clip", "ram", "gdino", "sam")}
+
+    plain = export(config, plan.run_dir, tmp_path / "plain")
+    assert sorted(p.name for p in plain.iterdir()) == ["README.md", "config.json", "frozen", "llm_arch.json", "lora", "model.safetensors", "tokenizer"]
+    description = json.loads((plain / "config.json").read_text())
+    assert description["llm"]["location"] == str(component_spec(config, "tiny", "llm").checkpoint.resolve())
+    assert description["frozen"]["clip"]["fingerprint"] == component_spec(config, "tiny", "clip").fingerprint()
+    assert "LyricsModel.from_pretrained" in (plain / "README.md").read_text()
+    model = LyricsModel.from_pretrained(plain, frozen=frozen)
+    assert model.answer([*rows, photo], prompts, NEW_TOKENS) == expected
+
+    merged = export(config, plan.run_dir / "lyrics", tmp_path / "merged", merge_lora=True)
+    assert (merged / "llm" / "config.json").is_file() and not (merged / "lora").exists()
+    assert LyricsModel.from_pretrained(merged, frozen=frozen).answer(rows, prompts[:2], NEW_TOKENS) == expected[:2]
+
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        export(config, plan.run_dir, plain)
+    other = tmp_path / "other-clip"
+    shutil.copytree(frozen["clip"], other) if frozen["clip"].is_dir() else shutil.copy(frozen["clip"], other)
+    changed = next(p for p in sorted(other.rglob("*")) if p.is_file()) if other.is_dir() else other
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    with pytest.raises(FingerprintMismatchError, match=rf"{other}: clip checkpoint has fingerprint sha256:\w+/arch:\w+, but the model was trained on features of {description['frozen']['clip']['fingerprint']}"):
+        LyricsModel.from_pretrained(plain, frozen={**frozen, "clip": other})
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        LyricsModel.from_pretrained(plain, frozen=frozen, llm=tmp_path / "nowhere")

@@ -1,0 +1,77 @@
+"""lmms-eval's own evaluator on a local task of the sample's REC items, with an exported tiny model:
+the same answers and the same score as `make eval` (the adapter converts Lyrics' boxes for lmms-eval).
+
+Slow (make test-slow): it extracts the sample, converts the tiny LLM and runs the frozen models online.
+The stage-2 model is the untrained one `make finetune --from-scratch` starts from: what is compared is
+the path (photos through the frozen models online vs the cache, lmms-eval's parsing and scoring vs
+ours), which an untrained model exercises as well as a trained one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lyrics.config import DEFAULT_CONFIG, load_config
+from lyrics.evaluate.lmms import lmms_box_answer, write_rec_task
+from lyrics.evaluate.run import PREDICTIONS, EvalPlan, evaluate
+from lyrics.export import export
+from lyrics.extract.checkpoints import component_spec
+from lyrics.model.factory import build_stage1_model
+from lyrics.model.llm import load_llm
+from lyrics.model.lvlm import save_lvlm
+from lyrics.train.finetune import FinetunePlan, assemble_lvlm
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FROZEN = ("clip", "ram", "gdino", "sam")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms")
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["root"] = str(root)
+    for component in raw["profiles"]["tiny"].values():
+        if isinstance(component, dict):  # architecture files stay the repository's
+            component["arch"] = str(REPO_ROOT / component["arch"])
+    path = root / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "LYRICS_CONFIG": str(path)}
+    subprocess.run([sys.executable, "-m", "lyrics.data.sample", "--if-missing"], env=env, check=True, capture_output=True)
+    config = load_config(path)
+    plan = FinetunePlan.make(config, "tiny", from_scratch=True)
+    init = build_stage1_model(config, "tiny", seed=0)
+    llm, llm_tokenizer = load_llm(component_spec(config, "tiny", "llm"))
+    model, encoder, lora = assemble_lvlm(plan, init.model.mqformer, init.tokenizer, True, llm, llm_tokenizer)
+    result = save_lvlm(model, encoder.mq_tokenizer, encoder.settings, lora, root / "runs" / "finetune-tiny" / "lyrics")
+    plan = EvalPlan.make(config, "sample-rec", model=result)
+    [ours] = evaluate(plan, progress=False)  # extracts the sample first
+    lines = (plan.out_dir(plan.results["test"]) / PREDICTIONS).read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
+    return config, result, ours, {p["id"]: p["prediction"] for p in predictions}
+
+
+def test_lmms_eval_scores_the_export_as_make_eval_does(setup, tmp_path):
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    config, result, ours, predictions = setup
+    exported = export(config, result.parent, tmp_path / "export")
+    name = write_rec_task(config, "sample-rec", "test", tmp_path / "task")
+    frozen = ",".join(f"{n}={component_spec(config, 'tiny', n).checkpoint}" for n in FROZEN)
+    out = evaluator.simple_evaluate(
+        model="lyrics", model_args=f"pretrained={exported},{frozen},batch_size=4", tasks=[name],
+        task_manager=TaskManager(include_path=str(tmp_path / "task")), log_samples=True,
+    )  # fmt: skip
+    samples = out["samples"][name]
+    assert len(samples) == ours["items"] == len(predictions) > 0
+    for sample in samples:
+        assert sample["filtered_resps"][0] == lmms_box_answer(predictions[sample["doc"]["question_id"]])
+    assert out["results"][name]["refcoco_ACC@0.5,none"] * 100 == pytest.approx(ours["metrics"]["accuracy"])
