@@ -164,7 +164,9 @@ def build(demo: Demo, examples: list[str]) -> gr.Blocks:
         photo_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.Image(type="filepath", sources=["upload"], label="Photo", elem_id="photo")
+                # A file, not gr.Image: gr.Image opens the upload itself, so a broken file would fail
+                # before this module could say what is wrong with it.
+                upload = gr.File(label="Photo (JPEG, PNG, ...)", file_types=["image"], type="filepath", elem_id="photo")
                 if examples:
                     gr.Examples(examples, inputs=upload, label="Sample photos")
                 threshold = gr.Slider(0.0, 1.0, value=demo.config.extraction.detection.box_threshold, step=0.05, label="Box score at least", elem_id="threshold")
@@ -210,7 +212,7 @@ def build(demo: Demo, examples: list[str]) -> gr.Blocks:
             if photo is None:
                 raise gr.Error("Upload a photo first.")
             answer = demo.answer(photo, REC_PROMPT.format(expression=text.strip()), [])
-            return with_box(photo, answer), f"Answer: `{answer}`"
+            return with_box(photo, answer), f"Answer: `{answer}`" if answer else "Answer: (empty: the model answered nothing)"
 
         upload.change(on_photo, [upload, threshold], [photo_state, refiner, times, tags, chat])
         threshold.release(on_threshold, [photo_state, threshold], refiner)

@@ -105,6 +105,13 @@ def upload(driver, path: Path) -> None:
     driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
 
 
+def click_tab(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    tab = next(b for b in driver.find_elements(By.XPATH, f"//button[@role='tab' and contains(., '{label}')]") if b.is_displayed())
+    driver.execute_script("arguments[0].click();", tab)
+
+
 def type_into(driver, css: str, text: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -130,7 +137,7 @@ def test_a_photo_its_refiner_output_a_chat_and_a_rec_box_in_a_browser(server, br
     conversation = text_of(browser, "#chat")
     assert "What animal is this?" in conversation and conversation.split("What animal is this?", 1)[1].strip(), "an answer follows the question"
 
-    browser.find_element(By.XPATH, "//button[contains(., 'Find an object')]").click()
+    click_tab(browser, "Find an object")
     type_into(browser, "#expression", "the cat")
     wait_for(browser, lambda d: text_of(d, "#rec-answer").startswith("Answer:"))
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#rec img"))
@@ -148,6 +155,7 @@ def test_a_photo_its_refiner_output_a_chat_and_a_rec_box_in_a_browser(server, br
     wait_for(browser, lambda d: "astronaut.jpg" in text_of(d, "#timing"))
     browser.close()
     browser.switch_to.window(first)
+    click_tab(browser, "Chat")
     assert "chelsea.jpg" in text_of(browser, "#timing") and "What animal is this?" in text_of(browser, "#chat")
 
 
@@ -160,5 +168,8 @@ def test_a_text_file_named_jpg_gets_a_message(server, browser, tmp_path):
     browser.get(url)
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
     upload(browser, fake)
-    wait_for(browser, lambda d: "cannot be read as a photo" in d.find_element(By.TAG_NAME, "body").text, timeout=60)
+    try:
+        wait_for(browser, lambda d: "cannot be read as a photo" in d.find_element(By.TAG_NAME, "body").text, timeout=60)
+    finally:
+        browser.save_screenshot(str(tmp_path.parent / "text_file.png"))
     assert "notes.jpg cannot be read as a photo" in browser.find_element(By.TAG_NAME, "body").text
