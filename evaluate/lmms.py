@@ -36,7 +36,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 
 from lyrics.config import ConfigError, PipelinesConfig, load_config
@@ -51,8 +50,11 @@ MODEL_ID = "lyrics"
 FROZEN = ("clip", "ram", "gdino", "sam")
 
 
-def manifest() -> ModelManifest:
-    """The ``lmms_eval.models`` entry point (pyproject.toml)."""
+def manifest() -> Any:
+    """The ``lmms_eval.models`` entry point (pyproject.toml): a ``ModelManifest``. Imported here, not
+    above: lmms-eval builds its registry while importing ``lmms_eval.models``, and loads this module then."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return ModelManifest(model_id=MODEL_ID, simple_class_path="lyrics.evaluate.lmms.Lyrics")
 
 
