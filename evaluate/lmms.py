@@ -43,11 +43,11 @@ from lyrics.data.instructions import image_key
 from lyrics.data.webdataset import WebSample
 from lyrics.evaluate.benchmarks import load_items
 from lyrics.evaluate.run import benchmark_files
+from lyrics.extract.cache_location import STAGES
 from lyrics.pretrained import LyricsModel
 from lyrics.spatial_text import find_boxes
 
 MODEL_ID = "lyrics"
-FROZEN = ("clip", "ram", "gdino", "sam")
 
 
 def manifest() -> Any:
@@ -81,9 +81,9 @@ class Lyrics(lmms):
         **frozen: str,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(frozen) - set(FROZEN))
+        unknown = sorted(set(frozen) - set(STAGES))
         if unknown:
-            raise ValueError(f"lyrics: unknown model_args {unknown}; known: pretrained, device, batch_size, max_new_tokens, llm, box_answers, {', '.join(FROZEN)}")
+            raise ValueError(f"lyrics: unknown model_args {unknown}; known: pretrained, device, batch_size, max_new_tokens, llm, box_answers, {', '.join(STAGES)}")
         self.model = LyricsModel.from_pretrained(pretrained, frozen=frozen or None, llm=llm, device=device)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from lyrics.extract.checkpoints import component_spec  # noqa: E402
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image  # noqa: E402
 from lyrics.extract.refiner import FrozenModels, Refined, refine  # noqa: E402
 from lyrics.extract.show import draw_item  # noqa: E402
+from lyrics.export import stage2_result  # noqa: E402
 
 STAGE_NAMES = {"clip": "CLIP ViT", "ram": "RAM++", "gdino": "Grounding-DINO", "sam": "SAM-HQ"}
 MAX_NEW_TOKENS = 48
@@ -229,14 +231,18 @@ def sample_photos(config: PipelinesConfig) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m lyrics.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a stage-2 result or an export folder (default: {runs}/finetune-<profile>/lyrics)")
+    parser.add_argument("--model", type=Path, help="a stage-2 run folder, its lyrics/ result, or an export folder (default: {runs}/finetune-<profile>/lyrics)")
     parser.add_argument("--profile", help="model profile (default: training.profile)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--config", type=Path, help="pipelines file (default: the repository's pipelines.yaml)")
     args = parser.parse_args()
     config = load_config(args.config)
     profile = args.profile or config.training.profile
-    demo = Demo(config, args.model or default_model(config, profile), profile)
+    model = args.model or default_model(config, profile)
+    try:
+        demo = Demo(config, stage2_result(model) if model.exists() else model, profile)  # a run folder names its lyrics/
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
     build(demo, sample_photos(config)).queue().launch(server_port=args.port, show_error=True)
 
 
