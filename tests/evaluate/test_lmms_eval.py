@@ -1,7 +1,7 @@
 """lmms-eval's own evaluator on a local task of the sample's REC items, with an exported tiny model:
 the same answers and the same score as `make eval` (the adapter converts Lyrics' boxes for lmms-eval).
 
-Slow (make test-slow): it extracts the sample, converts the tiny LLM and runs the frozen models online.
+Slow, and in its own environment (`make test-lmms`, which CI runs): it extracts the sample, converts the tiny LLM and runs the frozen models online.
 The stage-2 model is the untrained one `make finetune --from-scratch` starts from: what is compared is
 the path (photos through the frozen models online vs the cache, lmms-eval's parsing and scoring vs
 ours), which an untrained model exercises as well as a trained one.
@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lyrics.config import DEFAULT_CONFIG, load_config
-from lyrics.evaluate.lmms import lmms_box_answer, write_rec_task
-from lyrics.evaluate.run import PREDICTIONS, EvalPlan, evaluate
-from lyrics.export import export
-from lyrics.extract.checkpoints import component_spec
-from lyrics.model.factory import build_stage1_model
-from lyrics.model.llm import load_llm
-from lyrics.model.lvlm import save_lvlm
-from lyrics.train.finetune import FinetunePlan, assemble_lvlm
+pytest.importorskip("lmms_eval", reason="lmms-eval is installed in its own environment: `make test-lmms` runs this test")
+
+from lyrics.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from lyrics.evaluate.lmms import lmms_box_answer, write_rec_task  # noqa: E402
+from lyrics.evaluate.run import PREDICTIONS, EvalPlan, evaluate  # noqa: E402
+from lyrics.export import export  # noqa: E402
+from lyrics.extract.checkpoints import component_spec  # noqa: E402
+from lyrics.model.factory import build_stage1_model  # noqa: E402
+from lyrics.model.llm import load_llm  # noqa: E402
+from lyrics.model.lvlm import save_lvlm  # noqa: E402
+from lyrics.train.finetune import FinetunePlan, assemble_lvlm  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
