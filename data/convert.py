@@ -6,9 +6,13 @@ annotation format into stage 2's one instruction format (JSONL, data/instruction
     vqa           --questions Q.json --annotations A.json --image-names captions_train2014.json [--text-vqa]
     gqa           --questions testdev_balanced_questions.json
     textvqa       --questions TextVQA_0.5.1_train.json
-    refcoco       --refs 'refs(unc).json' --instances instances.json [--split train]
+    refcoco       --refs 'refs(unc).json' --instances instances.json --split train
     llava         --conversations llava_instruct_150k.json
-    scienceqa     --problems problems.json [--split train]
+    scienceqa     --problems problems.json --split train
+
+A file that holds evaluation splits beside its training one (a Karpathy file, RefCOCO refs,
+ScienceQA problems) needs `--split`, so that a forgotten flag cannot put benchmark items into
+training; `--split all` keeps every split on purpose.
 
 An example names its image by file name stem (the join key with the feature cache), so the image
 files themselves are not read; `--images` only says where the file names are resolved.
@@ -49,6 +53,7 @@ from lyrics.data.vqa import read_vqa
 T = TypeVar("T")
 Q = TypeVar("Q", bound=AnsweredQuestion)
 _LISTED = 10  # repeated ids named in an error
+ALL_SPLITS = "all"  # --split all: every split of the file, chosen on purpose
 _MAIN_INPUT = {  # the argument naming the file the examples' ids come from
     "coco-captions": "captions",
     "vqa": "questions",
@@ -75,9 +80,11 @@ class _Images(BaseModel):
 def coco_captions(
     captions: Path, images: Path, source: str = "coco", karpathy: bool = False, split: str | None = None
 ) -> list[Instruction]:
-    """A COCO captions file, or with `karpathy` a Karpathy `dataset_coco.json` (whose images
-    `split` may select; `images` is then the folder holding train2014/ and val2014/)."""
+    """A COCO captions file, or with `karpathy` a Karpathy `dataset_coco.json` (whose images of
+    `split` are kept, which it then needs; `images` is the folder holding train2014/ and val2014/)."""
     if karpathy:
+        if split is None:
+            raise ValueError(f"{captions}: a Karpathy file holds the val and test splits too; name the split to keep")
         captioned = _of_split(read_karpathy_split(captions, images), split, captions)
     else:
         if split is not None:
@@ -127,7 +134,7 @@ def _answered(records: list[Q], path: Path) -> list[Q]:
     return records
 
 
-def refcoco(refs: Path, instances: Path, source: str = "refcoco", split: str | None = None) -> list[Instruction]:
+def refcoco(refs: Path, instances: Path, split: str, source: str = "refcoco") -> list[Instruction]:
     """RefCOCO / RefCOCO+ / RefCOCOg refs (as JSON) with the COCO instances file, whose images'
     width and height normalise the boxes; `split` keeps the refs of that split."""
     expressions = _of_split(read_refcoco(refs, instances), split, refs)
@@ -142,16 +149,16 @@ def llava(conversations: Path, images: Path, source: str = "llava") -> list[Inst
         return from_llava(read_llava(conversations, images), source)
 
 
-def scienceqa(problems: Path, source: str = "scienceqa", split: str | None = None) -> list[Instruction]:
-    """ScienceQA's `problems.json`: the problems with an image (of `split`, if given)."""
+def scienceqa(problems: Path, split: str, source: str = "scienceqa") -> list[Instruction]:
+    """ScienceQA's `problems.json`: the problems with an image of `split`."""
     return from_scienceqa(_of_split(read_scienceqa(problems), split, problems), source)
 
 
-def _of_split(records: Iterable[T], split: str | None, path: Path) -> list[T]:
-    """The records of `split` (all when None); a split the file does not have is an error, so a
-    misspelt name does not write an empty file."""
+def _of_split(records: Iterable[T], split: str, path: Path) -> list[T]:
+    """The records of `split` (every one for `all`); a split the file does not have is an error, so
+    a misspelt name does not write an empty file."""
     records = list(records)
-    if split is None:
+    if split == ALL_SPLITS:
         return records
     kept = [record for record in records if record.split == split]  # type: ignore[attr-defined]
     if not kept:
@@ -194,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--captions", type=Path, required=True, help="captions_*.json (or dataset_coco.json)")
     images(sub)
     sub.add_argument("--karpathy", action="store_true", help="--captions is a Karpathy dataset_coco.json")
-    sub.add_argument("--split", help="Karpathy split to keep: train, restval, val or test")
+    sub.add_argument("--split", help="Karpathy split to keep (needed with --karpathy): train, restval, val, test or all")
 
     sub = command("vqa", "VQAv2-style questions and annotations (VQAv2, OK-VQA)")
     sub.add_argument("--questions", type=Path, required=True, help="questions JSON")
@@ -213,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("refcoco", "RefCOCO / RefCOCO+ / RefCOCOg")
     sub.add_argument("--refs", type=Path, required=True, help="refs(<split_by>).json")
     sub.add_argument("--instances", type=Path, required=True, help="COCO instances JSON (boxes, image sizes)")
-    sub.add_argument("--split", help="refs split to keep: train, val, testA, ...")
+    sub.add_argument("--split", required=True, help="refs split to keep: train, val, testA, ... or all")
 
     sub = command("llava", "LLaVA conversations")
     sub.add_argument("--conversations", type=Path, required=True, help="LLaVA JSON list of conversations")
@@ -221,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("scienceqa", "ScienceQA problems with an image, as multiple choice")
     sub.add_argument("--problems", type=Path, required=True, help="problems.json")
-    sub.add_argument("--split", help="split to keep: train, val, test, minitrain, ...")
+    sub.add_argument("--split", required=True, help="split to keep: train, val, test, minitrain, ... or all")
     return parser
 
 
@@ -249,8 +256,8 @@ def _repeated_ids(examples: Sequence[Instruction]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.format == "coco-captions" and args.split is not None and not args.karpathy:
-        parser.error("--split selects a Karpathy split; it needs --karpathy")
+    if args.format == "coco-captions" and args.karpathy != (args.split is not None):
+        parser.error("--split selects a Karpathy split: --karpathy needs it, and it needs --karpathy")
     try:
         examples = _convert(args)
     except (DataFormatError, MissingImagesError) as error:

@@ -72,6 +72,28 @@ def test_refcoco_split_and_source(sample_dir, tmp_path):
     assert {example.source for example in read_jsonl(out)} == {"refcoco+"}
 
 
+def test_refcoco_needs_a_split(sample_dir, tmp_path, capsys):
+    """The refs file holds val and test beside train: without --split nothing is written, and
+    `--split all` keeps every split on purpose."""
+    refs, instances = sample_dir / "refcoco" / "refs(unc).json", sample_dir / "refcoco" / "instances.json"
+    out = tmp_path / "refcoco.jsonl"
+    with pytest.raises(SystemExit) as exit:
+        run("refcoco", "--refs", refs, "--instances", instances, "--out", out)
+    assert exit.value.code == 2 and "--split" in capsys.readouterr().err
+    assert not out.exists()
+    run("refcoco", "--refs", refs, "--instances", instances, "--split", "all", "--out", out)
+    expressions = read_refcoco(refs, instances)
+    assert len({item.split for item in expressions}) == 3
+    assert tasks(out) == {REC: len(expressions), GROUNDED_CAPTION: len(expressions)}
+
+
+@pytest.mark.parametrize("flags", [("--karpathy",), ("--split", "train")])
+def test_karpathy_and_split_go_together(sample_dir, tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit:
+        run("coco-captions", "--captions", sample_dir / "coco" / "dataset_coco.json", *flags, "--out", tmp_path / "x.jsonl")
+    assert exit.value.code == 2 and "--split selects a Karpathy split" in capsys.readouterr().err
+
+
 def test_refcoco_unknown_split(sample_dir, tmp_path):
     refs, instances = sample_dir / "refcoco" / "refs(unc).json", sample_dir / "refcoco" / "instances.json"
     with pytest.raises(SystemExit, match=r"refs\(unc\)\.json: no records of split 'trian'"):
