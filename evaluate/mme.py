@@ -17,6 +17,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lyrics.evaluate.metric_inputs import require_strings
+
 PERCEPTION: tuple[str, ...] = (
     "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
 )
@@ -61,6 +63,7 @@ def mme_scores(records: Sequence[MMERecord]) -> MMEResult:
     # subtask -> image -> [question correct?]
     grouped: dict[str, dict[Hashable, list[bool]]] = {}
     others: dict[str, int] = {}
+    require_strings([record[2] for record in records], "prediction", [f"{record[0]}/{record[1]}" for record in records])
     for subtask, image_id, prediction, answer in records:
         gold = answer.strip().lower()
         if gold not in ("yes", "no"):

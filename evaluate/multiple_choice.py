@@ -18,6 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lyrics.evaluate.metric_inputs import require_strings
+
 _THE_ANSWER_IS = re.compile(r"the answer is:?\s*\(?([A-Z])\)?(?![A-Za-z])", re.IGNORECASE)
 _PARENTHESIZED = re.compile(r"^\(([A-Z])\)")
 _BARE = re.compile(r"^([A-Z])(?:[.:)]|$)")
@@ -71,6 +73,7 @@ def choice_accuracy(
     """Accuracy of the letters read from ``predictions`` against the reference letters ``answers``."""
     if not len(predictions) == len(answers) == len(options):
         raise ValueError(f"{len(predictions)} predictions, {len(answers)} answers, {len(options)} option lists")
+    require_strings(predictions, "prediction")
     predicted = [parse_choice(p, o) for p, o in zip(predictions, options)]
     per_item = [p is not None and p == a.strip().upper() for p, a in zip(predicted, answers)]
     correct = sum(per_item)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lyrics.evaluate.metric_inputs import require_strings
 from lyrics.spatial_text import find_boxes
 
 PixelBox = tuple[float, float, float, float]  # xyxy in pixels
@@ -61,6 +62,7 @@ def rec_scores(
     """Accuracy at IoU >= threshold. ``targets``: reference boxes in pixel xyxy; ``sizes``: (width, height)."""
     if not len(predictions) == len(targets) == len(sizes):
         raise ValueError(f"{len(predictions)} predictions, {len(targets)} targets, {len(sizes)} sizes")
+    require_strings(predictions, "prediction")
     per_item: list[float | None] = []
     for prediction, target, size in zip(predictions, targets, sizes):
         box = predicted_box(prediction, size)

@@ -158,7 +158,7 @@ def evaluate(plan: EvalPlan, progress: bool = True, generator: Generator | None 
         else:
             from lyrics.evaluate.scoring import score
 
-            record["metrics"] = score(bench.task, items, predictions, meteor)
+            record["metrics"] = score(bench.task, items, predictions, meteor, config.evaluation.vqa_convention)
             (out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
             if bench.task == "rec":
                 draw_rec_grid_of(out, cache, rows)

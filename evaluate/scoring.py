@@ -12,17 +12,23 @@ from typing import Any
 from lyrics.config import TASKS as CONFIG_TASKS
 from lyrics.evaluate.benchmarks import EvalItem
 from lyrics.evaluate.captioning import caption_scores
+from lyrics.evaluate.metric_inputs import require_strings
 from lyrics.evaluate.mme import mme_scores
 from lyrics.evaluate.multiple_choice import choice_accuracy
 from lyrics.evaluate.rec import rec_scores
-from lyrics.evaluate.vqa_score import exact_match, vqa_scores
+from lyrics.evaluate.vqa_score import VQAConvention, exact_match, vqa_scores
 from lyrics.evaluate.yes_no import pope_scores
 
 TASKS = CONFIG_TASKS  # the tasks a benchmark may name (lyrics/config.py)
 
 
-def score(task: str, items: Sequence[EvalItem], predictions: Sequence[str], meteor: bool = False) -> dict[str, Any]:
+def score(
+    task: str, items: Sequence[EvalItem], predictions: Sequence[str], meteor: bool = False, vqa_convention: VQAConvention = "official"
+) -> dict[str, Any]:
     """The task's metrics of ``predictions`` (one per item, same order)."""
+    if len(predictions) != len(items):
+        raise ValueError(f"{len(predictions)} predictions for {len(items)} items")
+    require_strings(predictions, "prediction", [item.id for item in items])
     targets = [item.target for item in items]
     if task == "rec":
         r = rec_scores(predictions, [t["box"] for t in targets], [tuple(t["size"]) for t in targets])
@@ -30,7 +36,8 @@ def score(task: str, items: Sequence[EvalItem], predictions: Sequence[str], mete
     if task == "caption":
         return _captioning(items, predictions, meteor)
     if task == "vqa":
-        return {"accuracy": 100 * vqa_scores(predictions, [t["answers"] for t in targets]).accuracy, "total": len(items)}
+        accuracy = vqa_scores(predictions, [t["answers"] for t in targets], convention=vqa_convention).accuracy
+        return {"accuracy": 100 * accuracy, "total": len(items), "convention": vqa_convention}
     if task == "exact_match":
         r = exact_match(predictions, [t["answer"] for t in targets])
         return {"accuracy": 100 * r.accuracy, "correct": r.correct, "total": r.total}

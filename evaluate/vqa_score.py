@@ -13,6 +13,15 @@ script, so its answer normalization is reproduced to the letter, quirks included
 Accuracy of one question with n human answers (10 in VQAv2): the mean over the n leave-one-out
 subsets of min(#matches among the other n-1 / 3, 1). Scores here are fractions in [0, 1] (the
 official script prints percentages: multiply by 100).
+
+Two conventions (``VQA_CONVENTIONS``):
+
+- ``official`` (the default): ``vqaEval.py`` to the letter. Both sides are normalized only when the
+  human answers disagree; when they are unanimous the prediction is compared after whitespace
+  cleaning alone, so "Yes" scores 0 against ten "yes". The paper's VQAv2 numbers come from this code
+  (the evaluation server runs it).
+- ``lmms-eval``: lmms-eval's ``vqav2`` task, which normalizes the prediction and every human answer
+  always, so "Yes" scores 1 there.
 """
 
 from __future__ import annotations
@@ -20,6 +29,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+from lyrics.evaluate.metric_inputs import require_strings
+
+VQAConvention = Literal["official", "lmms-eval"]
+VQA_CONVENTIONS: tuple[VQAConvention, ...] = ("official", "lmms-eval")
 
 CONTRACTIONS: dict[str, str] = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
@@ -98,20 +113,16 @@ def normalize_answer(text: str) -> str:
     return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def vqa_accuracy(prediction: str, human_answers: Sequence[str], *, normalize_unanimous: bool = True) -> float:
-    """One question's VQA accuracy in [0, 1]: mean over leave-one-out subsets of min(matches / 3, 1).
-
-    The official script normalizes the prediction and the human answers only when the humans disagree;
-    when they are unanimous it compares them after whitespace cleaning alone, so "Yes" scores 0 against
-    ten "yes". Published pipelines normalize predictions before scoring (LLaVA and lmms-eval run EvalAI's
-    answer processor, close to these rules), so both sides are always normalized by default;
-    ``normalize_unanimous=False`` reproduces the script to the letter.
-    """
+def vqa_accuracy(prediction: str, human_answers: Sequence[str], *, convention: VQAConvention = "official") -> float:
+    """One question's VQA accuracy in [0, 1]: mean over leave-one-out subsets of min(matches / 3, 1),
+    normalized by the ``convention`` (see the module docstring)."""
+    if convention not in VQA_CONVENTIONS:
+        raise ValueError(f"unknown VQA convention {convention!r}; one of {', '.join(VQA_CONVENTIONS)}")
     if not human_answers:
         raise ValueError("a VQA question needs at least one human answer")
     pred = clean_whitespace(prediction)
     gts = [clean_whitespace(a) for a in human_answers]
-    if normalize_unanimous or len(set(gts)) > 1:
+    if convention == "lmms-eval" or len(set(gts)) > 1:
         pred = process_digit_article(process_punctuation(pred))
         gts = [process_digit_article(process_punctuation(a)) for a in gts]
     matches = sum(g == pred for g in gts)
@@ -127,11 +138,14 @@ class VQAResult:
 
 
 def vqa_scores(
-    predictions: Sequence[str], answers: Sequence[Sequence[str]], *, normalize_unanimous: bool = True
+    predictions: Sequence[str], answers: Sequence[Sequence[str]], *, convention: VQAConvention = "official"
 ) -> VQAResult:
     """The VQA accuracy of every question (``answers[i]``: question i's human answers) and their mean."""
     _check_lengths(predictions, answers)
-    per_item = [vqa_accuracy(p, a, normalize_unanimous=normalize_unanimous) for p, a in zip(predictions, answers)]
+    require_strings(predictions, "prediction")
+    for index, human in enumerate(answers):
+        require_strings(human, f"human answer of question {index}")
+    per_item = [vqa_accuracy(p, a, convention=convention) for p, a in zip(predictions, answers)]
     return VQAResult(accuracy=_mean(per_item), per_item=per_item)
 
 
@@ -146,6 +160,8 @@ class ExactMatchResult:
 def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> ExactMatchResult:
     """GQA / OCR-VQA accuracy: one reference answer, equal after the official VQA normalization of both."""
     _check_lengths(predictions, answers)
+    require_strings(predictions, "prediction")
+    require_strings(answers, "reference answer")
     per_item = [normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)]
     correct = sum(per_item)
     return ExactMatchResult(accuracy=_mean(per_item), correct=correct, total=len(per_item), per_item=per_item)

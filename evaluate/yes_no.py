@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lyrics.evaluate.metric_inputs import require_strings
+
 YesNo = Literal["yes", "no"]
 
 
@@ -43,6 +45,7 @@ def pope_scores(predictions: Sequence[str], labels: Sequence[str]) -> PopeResult
     The official script divides by zero in the degenerate cases; those metrics are 0.0 here."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    require_strings(predictions, "prediction")
     gold = [_label(label) for label in labels]
     predicted = [pope_answer(p) for p in predictions]
     tp = sum(p == "yes" and g == "yes" for p, g in zip(predicted, gold))

@@ -245,6 +245,8 @@ class BenchmarkConfig(Strict):
 class EvaluationConfig(Strict):
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(32, ge=1)
+    # VQA answer normalization: the official vqaEval.py, or lmms-eval's (evaluate/vqa_score.py).
+    vqa_convention: Literal["official", "lmms-eval"] = "official"
     results: str = "{root}/results"
 
 

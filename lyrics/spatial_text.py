@@ -8,6 +8,7 @@ coordinate by at most 0.5 / 999). Shared by extraction, training and evaluation.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -15,14 +16,17 @@ COORD_MAX = 999
 SPATIAL_TOKENS = ("<br>", "</br>", "<T>", "</T>", "<Bbox>", "</Box>")
 
 _OBJECT = re.compile(r"<br><T>(.*?)</T><Bbox>\((\d+),(\d+)\),\((\d+),(\d+)\)</Box></br>", re.S)
-# Lenient: any "(x1,y1),(x2,y2)" pair, with optional spaces, inside or outside <Bbox> tags.
-_BOX = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+# A box where the grammar puts it, between <Bbox> and </Box>; spaces around the numbers are forgiven
+# (a model may emit them), a bare "(x1,y1),(x2,y2)" in running text or in a tag's text is not a box.
+_BOX = re.compile(r"<Bbox>\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*</Box>")
 
 Box = tuple[float, float, float, float]
 
 
 def to_coords(box: Sequence[float]) -> tuple[int, int, int, int]:
     """Normalized xyxy in [0, 1] -> integer coordinates in [0, 999]."""
+    if not all(math.isfinite(float(v)) for v in box):
+        raise ValueError(f"box {tuple(float(v) for v in box)} has a coordinate that is not a finite number")
     return tuple(min(COORD_MAX, max(0, round(float(v) * COORD_MAX))) for v in box)  # type: ignore[return-value]
 
 
@@ -52,5 +56,5 @@ def parse_objects(text: str) -> list[tuple[str, Box]]:
 
 
 def find_boxes(text: str) -> list[Box]:
-    """Every box in free text (a model's answer), in order; coordinates above 999 are clipped."""
+    """Every <Bbox>...</Box> in free text (a model's answer), in order; coordinates above 999 are clipped."""
     return [from_coords([min(COORD_MAX, int(g)) for g in m.groups()]) for m in _BOX.finditer(text)]

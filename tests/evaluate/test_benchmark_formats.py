@@ -339,3 +339,17 @@ def test_refcoco_image_without_size(tmp_path: Path):
     assert {e.image_size for e in read_refcoco(files["refs"], files["instances"])} == {None}
     with pytest.raises(DataFormatError, match=f"^{re.escape(str(files['instances']))}: 1 image\\(s\\) have no width and height.*: 9$"):
         load_items("refcoco", files, None)
+
+
+def test_an_answer_that_is_not_a_string_is_named_by_its_item(tmp_path: Path):
+    """A None from a failed generation or an edited predictions file stops scoring with the item's id,
+    for every metric, instead of an AttributeError from inside a normaliser."""
+    path = _write(tmp_path / "val.json", [
+        {"image": "VizWiz_val_00000000.jpg", "question": "What is this?", "answers": _vizwiz_answers(*["soda"] * 10),
+         "answer_type": "other", "answerable": 1},
+    ])  # fmt: skip
+    items = load_items("vizwiz", {"questions": path}, "val")
+    with pytest.raises(TypeError, match=r"1 prediction\(s\) are not strings \(item 'VizWiz_val_00000000': NoneType None\)"):
+        score("vqa", items, [None])
+    with pytest.raises(ValueError, match="2 predictions for 1 items"):
+        score("vqa", items, ["soda", "soda"])

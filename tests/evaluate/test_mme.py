@@ -61,3 +61,8 @@ def test_subtask_names_match_case_insensitively_and_answers_are_checked():
     assert result.subtasks["mine"].score == 200.0 and result.perception == 0.0
     with pytest.raises(ValueError, match="'yes' or 'no'"):
         mme_scores([("count", 1, "yes", "2")])
+
+
+def test_an_answer_that_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"prediction\(s\) are not strings \(item 'count/7': NoneType None\)"):
+        mme_scores([("existence", 3, "Yes", "Yes"), ("count", 7, None, "No")])

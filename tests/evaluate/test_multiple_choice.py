@@ -50,3 +50,8 @@ def test_choice_accuracy_by_hand():
 
 def test_format_options():
     assert format_options(OPTIONS) == "(A) cat (B) dog (C) bird"
+
+
+def test_an_answer_that_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"prediction\(s\) are not strings \(index 0: NoneType None\)"):
+        choice_accuracy([None], ["A"], [["cat", "dog"]])

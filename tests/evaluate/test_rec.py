@@ -61,3 +61,8 @@ def test_threshold_is_inclusive_and_inputs_are_checked():
     assert rec_scores([], [], []).accuracy == 0.0
     with pytest.raises(ValueError, match="2 predictions, 1 targets, 1 sizes"):
         rec_scores(["a", "b"], [(0, 0, 1, 1)], [(1, 1)])
+
+
+def test_an_answer_that_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"1 prediction\(s\) are not strings \(index 1: NoneType None\)"):
+        rec_scores(["<Bbox>(0,0),(999,999)</Box>", None], [(0, 0, 1, 1)] * 2, [(4, 4)] * 2)

@@ -48,17 +48,35 @@ def test_leave_one_out_accuracy_by_hand():
     # 4 matches: at least 3 others always match -> 1.
     assert vqa_accuracy("cat", answers(4)) == 1.0
     assert vqa_accuracy("bird", answers(4)) == 0.0
-    # Both sides are normalized: "A Cat." -> "cat", "the cat" -> "cat".
+    # The humans disagree, so both sides are normalized: "A Cat." -> "cat", "the cat" -> "cat".
     assert vqa_accuracy("A Cat.", ["the cat"] * 2 + ["dog"] * 8) == pytest.approx(0.6)
 
 
-def test_unanimous_answers_are_compared_raw_only_in_the_literal_mode():
-    # The official script normalizes only when the humans disagree: "Yes" vs ten "yes" scores 0 there.
-    assert vqa_accuracy("Yes", ["yes"] * 10, normalize_unanimous=False) == 0.0
-    assert vqa_accuracy("Yes", ["yes"] * 10) == 1.0
-    # With disagreement both modes normalize: "Two" -> "2", 2 matches -> 0.6.
+def test_unanimous_answers_are_compared_raw_by_the_official_code():
+    # vqaEval.py normalizes only when the humans disagree: "Yes" against ten "yes" scores 0 there;
+    # lmms-eval normalizes every answer, so it scores 1.
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
+    assert vqa_accuracy("Yes", ["yes"] * 10, convention="official") == 0.0
+    assert vqa_accuracy("Yes", ["yes"] * 10, convention="lmms-eval") == 1.0
+    assert vqa_accuracy(" yes\n", ["yes"] * 10) == 1.0  # whitespace is cleaned in both
+    # With disagreement both conventions normalize: "Two" -> "2", 2 matches -> 0.6.
     two = ["2", "2"] + ["3"] * 8
-    assert vqa_accuracy("Two", two, normalize_unanimous=False) == pytest.approx(0.6)
+    for convention in ("official", "lmms-eval"):
+        assert vqa_accuracy("Two", two, convention=convention) == pytest.approx(0.6)
+    result = vqa_scores(["Yes", "yes"], [["yes"] * 10] * 2)
+    assert result.per_item == [0.0, 1.0]
+    assert vqa_scores(["Yes", "yes"], [["yes"] * 10] * 2, convention="lmms-eval").accuracy == 1.0
+    with pytest.raises(ValueError, match="unknown VQA convention 'lmms'; one of official, lmms-eval"):
+        vqa_accuracy("yes", ["yes"], convention="lmms")
+
+
+def test_answers_that_are_not_strings_are_named():
+    with pytest.raises(TypeError, match=r"1 prediction\(s\) are not strings \(index 1: NoneType None\)"):
+        vqa_scores(["cat", None], [["cat"], ["dog"]])
+    with pytest.raises(TypeError, match=r"human answer of question 0.*index 2: int 3"):
+        vqa_scores(["cat"], [["cat", "dog", 3]])
+    with pytest.raises(TypeError, match=r"prediction\(s\) are not strings \(index 0: NoneType None\)"):
+        exact_match([None], ["cat"])
 
 
 def test_vqa_scores_mean_and_checks():

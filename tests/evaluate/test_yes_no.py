@@ -46,3 +46,8 @@ def test_degenerate_cases_give_zero_instead_of_dividing_by_zero():
         pope_scores(["yes"], ["maybe"])
     with pytest.raises(ValueError, match="1 predictions for 2 labels"):
         pope_scores(["yes"], ["yes", "no"])
+
+
+def test_an_answer_that_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"prediction\(s\) are not strings \(index 1: int 1\)"):
+        pope_scores(["yes", 1], ["yes", "no"])

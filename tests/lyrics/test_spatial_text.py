@@ -1,4 +1,4 @@
-"""The spatial text of SPEC 3.2: exact format, round trip, lenient box finding."""
+"""The spatial text of SPEC 3.2: exact format, round trip, box finding where the grammar puts boxes."""
 
 import pytest
 
@@ -28,10 +28,22 @@ def test_coordinates_are_clipped_to_the_range_and_tags_cannot_break_markup():
         format_objects(["a", "b"], [(0, 0, 1, 1)])
 
 
-def test_find_boxes_reads_model_answers_leniently():
-    answer = "The dog is at <Bbox>( 12, 34 ),(560,780)</Box> and maybe (1,2),(3000,4)."
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_coordinate_that_is_not_a_number_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match=r"box \(0\.1, .*\) has a coordinate that is not a finite number"):
+        format_box((0.1, bad, 0.3, 0.4))
+    with pytest.raises(ValueError, match="not a finite number"):
+        format_objects(["cat"], [(bad, 0, 1, 1)])
+
+
+def test_find_boxes_reads_boxes_only_inside_bbox_tags():
+    answer = "The dog is at <Bbox>( 12, 34 ),(560,780) </Box> and <Bbox>(1,2),(3000,4)</Box>, not at (5,6),(7,8)."
     boxes = find_boxes(answer)
+    assert len(boxes) == 2  # the bare pair in running text is not a box
     assert boxes[0] == pytest.approx((12 / 999, 34 / 999, 560 / 999, 780 / 999))
     assert boxes[1][2] == 1.0  # 3000 clipped to 999
-    assert find_boxes("no box here") == []
+    # A pair inside a tag's text is the tag's words, not its box.
+    tagged = "<br><T>sign reading (1,2),(3,4)</T><Bbox>(100,200),(300,400)</Box></br>"
+    assert find_boxes(tagged) == [pytest.approx((100 / 999, 200 / 999, 300 / 999, 400 / 999))]
+    assert find_boxes("(1,2),(3,4)") == find_boxes("<Bbox>(1,2),(3,4)") == find_boxes("no box here") == []
     assert find_boxes(format_box((0.1, 0.2, 0.3, 0.4))) == [pytest.approx((100 / 999, 200 / 999, 300 / 999, 400 / 999))]
