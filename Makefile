@@ -35,16 +35,23 @@ help:
 
 setup: $(STAMP)
 
-# Idempotent: re-runs only when the project's dependencies or the shim change.
+# Idempotent: re-runs only when the project's dependencies or the shim change. pip's and the build
+# backend's chatter goes to $(SETUP_LOG); a failed step prints the log's end.
+SETUP_LOG := $(VENV)/setup.log
+PIP       := $(PY) -m pip install -q
+LOGGED    = >>$(SETUP_LOG) 2>&1 || { tail -n 40 $(SETUP_LOG); echo "setup failed: the whole log is $(SETUP_LOG)"; exit 1; }
 $(STAMP): pyproject.toml tools/torchvision_cpu/install.py tools/torchvision_cpu/c10_cuda_shim.cpp tools/torchvision_cpu/torch_cuda_shim.cpp
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q $(TVISION)
-	$(PY) tools/torchvision_cpu/install.py
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	$(PY) -m pip install -q --no-deps $(FILES_ONLY)
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV) (log: $(SETUP_LOG)): pip, $(TORCH), $(TVISION) and its CPU shim, the project with [$(EXTRAS)]"
+	@: > $(SETUP_LOG)
+	@$(PIP) --upgrade pip $(LOGGED)
+	@$(PIP) $(TORCH) $(LOGGED)
+	@$(PIP) $(TVISION) $(LOGGED)
+	@$(PY) tools/torchvision_cpu/install.py $(LOGGED)
+	@$(PIP) -e ".[$(EXTRAS)]" $(LOGGED)
+	@$(PIP) --no-deps $(FILES_ONLY) $(LOGGED)
+	@touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 data: setup
 	$(PY) -m lyrics.data.sample

@@ -41,6 +41,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lyrics.stderr import stderr_caught
+
 # Characters that end a line for str.splitlines, a superset of those Java's tokenizer breaks at.
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _MAX_IDS_SHOWN = 10
@@ -109,11 +111,12 @@ def _tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     prepared = {i: [{"caption": _LINE_BREAKS.sub(" ", c)} for c in caps] for i, caps in captions.items()}
-    tokenized = PTBTokenizer().tokenize(prepared)
+    with stderr_caught() as java:  # Java reports "PTBTokenizer tokenized N tokens at ..." on every call
+        tokenized = PTBTokenizer().tokenize(prepared)
     # The wrapper pairs output lines with ids by position; a lost or extra line would misalign them.
     lost = [i for i, caps in captions.items() if len(tokenized.get(i, ())) != len(caps)]
     if lost:
-        raise RuntimeError(f"PTB tokenizer returned the wrong number of captions for {_show(lost)}")
+        raise RuntimeError(f"PTB tokenizer returned the wrong number of captions for {_show(lost)}; Java said: {java.text.strip()[-1000:]}")
     return {i: tokenized[i] for i in captions}
 
 

@@ -34,6 +34,7 @@ from lyrics.extract.checkpoints import component_spec
 from lyrics.extract.images import ImageLimits, ImageRejected, decode_image
 from lyrics.extract.null_model import NullModel
 from lyrics.extract.parts import Chunk, InputShard, ReadStage, WriteStage, complete_input_shards, size_on_disk
+from lyrics.extract.ray_notice import spend_actor_restart_notice
 from lyrics.extract.refiner import ensure_checkpoints, load_stage, merge_images, preprocessors, run_stage, select_images, stack_pixels
 from lyrics.store import CacheIdentity, CacheWriter, Manifest, check_resumable, sample_id
 
@@ -273,6 +274,7 @@ def connect_ray() -> None:
             "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); on a trusted network set RAY_AUTH_MODE=disabled "
             "on the head, every node and this job"
         ) from None
+    spend_actor_restart_notice()
 
 
 def _ray_token_available() -> bool:

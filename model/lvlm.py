@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ WEIGHTS = "model.safetensors"  # mqformer.* and projection.*
 CONFIG = "config.json"
 LORA = "lora"
 TOKENIZER = "tokenizer"
+
+# peft asks the model for transformers' `is_gradient_checkpointing`, which transformers 5 deprecates:
+# a conversation between two libraries that a user cannot act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ refused, listing each changed key.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +28,23 @@ from lyrics.train.loss_curve import metrics_files, plot_losses
 RUN_SETTINGS = "run.json"
 LAST = "last.ckpt"
 T = TypeVar("T")
+
+
+class _LightningNotes(logging.Filter):
+    """Drops Lightning's start-up notes that tell a user nothing: accelerators this project never
+    uses (TPU, HPU) and a logging service's advertisement. "GPU available ..., used ..." and every
+    other line still show."""
+
+    NOISE = ("TPU available", "HPU available", "💡 Tip")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+for _logger in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):  # whichever logs them
+    logging.getLogger(_logger).addFilter(_LightningNotes())
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can change.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class RunSettingsChanged(ConfigError):

@@ -7,10 +7,10 @@ that every input shard is cut into several cache shards.
 
 import json
 import os
-from dataclasses import dataclass
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from lyrics.extract.cache_location import default_cache_root
 from lyrics.extract.cache_location import fingerprints
 from lyrics.spatial_text import parse_objects
 from lyrics.store import CacheDataset, CacheExpectation, read_manifest
+from tests.console import alarming_lines
 
 MAX_OBJECTS = 4
 PART_SIZE = 4  # inputs per cache shard; batches of 3 images, so a part holds a full and a partial batch
@@ -68,12 +69,24 @@ def extract(config_path: Path, data: str, cache: Path | None = None) -> subproce
 
 
 @pytest.fixture(scope="module")
-def sample_cache(config_path) -> Path:
+def sample_extraction(config_path) -> subprocess.CompletedProcess:
     """`make extract DATA=sample` with the test configuration: builds the sample set, then extracts."""
     result = subprocess.run(["make", "extract", "DATA=sample"], cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    config = load_config(config_path)
-    return default_cache_root(config, "sample", "tiny")
+    return result
+
+
+@pytest.fixture(scope="module")
+def sample_cache(config_path, sample_extraction) -> Path:
+    return default_cache_root(load_config(config_path), "sample", "tiny")
+
+
+def test_make_extract_prints_no_error_or_library_warning(sample_extraction):
+    """Ray's once-per-process notice about Ray Data's actors, its progress-bar and token notes, the
+    frozen models' FutureWarnings: none reaches a newcomer's terminal; our bar and summary do."""
+    output = sample_extraction.stdout + sample_extraction.stderr
+    assert alarming_lines(output) == []
+    assert "extract sample:" in output and "16 rows" in output
 
 
 def test_sample_cache_has_every_image_with_consistent_fields(config_path, sample_cache):
@@ -415,6 +428,10 @@ def test_make_pretrain_trains_from_the_cache_make_extract_wrote(config_path, sam
     again = subprocess.run(command, cwd=REPO_ROOT, env=environment(config_path), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Restoring states from the checkpoint" in again.stdout + again.stderr
+    # Lightning's TPU note, its logging-service tip and its torch deprecation are gone; its GPU line stays.
+    for result in (first, again):
+        assert alarming_lines(result.stdout + result.stderr) == []
+        assert "GPU available: False, used: False" in result.stdout + result.stderr
 
 
 def test_the_rec_grid_reads_the_images_back_from_the_cache_rows_sources(config_path, sample_cache, tmp_path):
