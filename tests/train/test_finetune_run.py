@@ -33,7 +33,7 @@ from lyrics.train.finetune import FinetunePlan, prepare, train
 from lyrics.train.cache_data import cache_expectation
 from lyrics.train.finetune_data import IGNORE, open_instruction_sets
 from lyrics.train.loss_curve import metrics_files, read_losses
-from tests.small_llm import write_small_llm
+from tests.models import write_small_llm
 
 NEW_TOKENS = 6
 
