@@ -170,10 +170,6 @@ class FinetuneRecipe(RecipeConfig):
     lora_rank: int = Field(96, ge=1)
     lora_alpha: int = Field(192, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    # The paper trains every part at one lr. Its visual tokens are a prompt every example shares, so on
-    # a few dozen steps they can learn the commonest answer faster than LoRA learns which answer a
-    # question asks for; a lower lr here (the tiny recipe) keeps them from taking over.
-    visual_lr: float | None = Field(None, gt=0, description="peak lr of the MQ-Former and projection (default: lr)")
 
 
 class InstructionSet(Strict):

@@ -12,7 +12,7 @@ import warnings
 import lightning as L
 import torch
 
-from lyrics.config import FinetuneRecipe
+from lyrics.config import RecipeConfig
 from lyrics.model.lvlm import LyricsLVLM
 from lyrics.train.finetune_data import FinetuneBatch
 from lyrics.train.runs import adamw_cosine, seed_step
@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 class FinetuneModule(L.LightningModule):
     strict_loading = False  # the frozen LLM's weights are not in the checkpoints
 
-    def __init__(self, model: LyricsLVLM, recipe: FinetuneRecipe) -> None:
+    def __init__(self, model: LyricsLVLM, recipe: RecipeConfig) -> None:
         super().__init__()
         self.model = model
         self.recipe = recipe
@@ -45,6 +45,4 @@ class FinetuneModule(L.LightningModule):
         checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in trained}
 
     def configure_optimizers(self) -> dict:
-        visual = {id(p) for part in (self.model.mqformer, self.model.projection) for p in part.parameters()}
-        visual_lr = self.recipe.visual_lr or self.recipe.lr
-        return adamw_cosine(self.model.parameters(), self.recipe, lambda p: visual_lr if id(p) in visual else self.recipe.lr)
+        return adamw_cosine(self.model.parameters(), self.recipe)

@@ -125,21 +125,15 @@ def seed_step(module: L.LightningModule, seed: int, batch_idx: int) -> None:
     torch.manual_seed((seed * 1_000_003 + micro) * trainer.world_size + module.global_rank)
 
 
-def adamw_cosine(parameters: Iterable[torch.nn.Parameter], recipe: RecipeConfig, lr_of: Callable[[torch.nn.Parameter], float] | None = None) -> dict:
-    """AdamW; no weight decay on biases, norms and scalars (LAVIS's groups: ndim < 2); cosine after linear warm-up.
-    ``lr_of`` gives a parameter a peak lr other than ``recipe.lr``; the schedule scales every group alike."""
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+def adamw_cosine(parameters: Iterable[torch.nn.Parameter], recipe: RecipeConfig) -> dict:
+    """AdamW; no weight decay on biases, norms and scalars (LAVIS's groups: ndim < 2); cosine after linear warm-up."""
+    decay, no_decay = [], []
     for parameter in parameters:
         if parameter.requires_grad:
-            lr = lr_of(parameter) if lr_of else recipe.lr
-            groups.setdefault((lr, parameter.ndim >= 2), []).append(parameter)
-    # The recipe's lr first, decayed before not: a run without other lrs has the groups it always had,
-    # so its checkpoints' optimizer states still load.
-    order = sorted(groups, key=lambda key: (key[0] != recipe.lr, key[0], not key[1]))
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
     optimizer = torch.optim.AdamW(
-        [{"params": groups[lr, decay], "lr": lr, "weight_decay": recipe.weight_decay if decay else 0.0} for lr, decay in order],
-        lr=recipe.lr, betas=recipe.betas,
-    )  # fmt: skip
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas
+    )
     warmup = round(recipe.warmup_ratio * recipe.steps)
     schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=recipe.steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
