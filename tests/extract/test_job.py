@@ -82,7 +82,7 @@ def test_make_extract_prints_no_error_or_library_warning(sample_extraction):
     frozen models' FutureWarnings: none reaches a newcomer's terminal; our bar and summary do."""
     output = sample_extraction.stdout + sample_extraction.stderr
     assert alarming_lines(output) == []
-    assert "extract sample:" in output and "16 rows" in output
+    assert "extract sample:" in output and "rows 16, skipped 0" in output
 
 
 def test_sample_cache_has_every_image_with_consistent_fields(config_path, sample_cache):
@@ -255,6 +255,7 @@ def test_missing_dataset_files_stop_at_once_naming_the_path(config_path):
     assert "Traceback" not in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow  # another extraction: `make test-slow` keeps `make test` under 15 minutes
 def test_an_image_folder_is_extracted_as_its_images_are_from_tars(config_path, sample_cache):
     """A `format: folder` data set (how benchmark images come): rows keyed by the folder's key rule,
     a broken file skipped and counted, and the same features as the same bytes read from a tar."""
@@ -318,6 +319,7 @@ def killed_run(config_path: Path, cache: Path, env: dict[str, str]) -> int:
     return code
 
 
+@pytest.mark.slow  # two more extractions: `make test-slow` keeps `make test` under 15 minutes
 def test_driver_sigkill_then_resume_equals_the_uninterrupted_cache(config_path, sample_cache, tmp_path):
     cache = tmp_path / "resumed"
     # The driver SIGKILLs itself as soon as it learns that part 00000.0001 is committed.
