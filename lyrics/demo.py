@@ -66,7 +66,8 @@ def main() -> None:
     from lyrics.train import finetune
 
     tuning = finetune.FinetunePlan.make(config)
-    result = finetune.train(tuning, prepare_or_restart(finetune.prepare, tuning))
+    prepared = prepare_or_restart(finetune.prepare, tuning)
+    result = finetune.train(tuning, prepared)
     print(f"stage 2: {result}")
 
     print(f"\n== chat about {CHAT_PHOTO}.jpg (the frozen models run online; `make chat IMAGE=...` to ask your own)")
@@ -107,11 +108,12 @@ def main() -> None:
         ("the results table beside the paper's numbers", table),
     ]:
         print(f"  {label}: {path}")
-    print(f"\n{what_tiny_shows(results)}")
+    print(f"\n{what_tiny_shows(results, tuning.recipe.steps, len(prepared.dataset))}")
 
 
-def what_tiny_shows(results: Sequence[dict[str, Any]]) -> str:
-    """The closing lines: what this run demonstrates and what it cannot, with the answer formats counted."""
+def what_tiny_shows(results: Sequence[dict[str, Any]], steps: int, examples: int) -> str:
+    """The closing lines: what this run demonstrates and what it cannot, with the answer formats counted
+    (`steps` and `examples`: the stage-2 run's)."""
     metrics = {result["benchmark"]: result["metrics"] for result in results}
     rec, choice = metrics["sample-rec"], metrics["sample-scienceqa"]
     return (
@@ -122,7 +124,7 @@ def what_tiny_shows(results: Sequence[dict[str, Any]]) -> str:
         f"{choice['total'] - choice['unparsable']} of {choice['total']} multiple-choice answers name an option.\n"
         "It cannot show accuracy. The tiny CLIP, RAM++, Grounding-DINO and SAM-HQ have random weights, so the tags,\n"
         "boxes and masks are noise, the boxes the model answers with miss their objects, and every score above is\n"
-        "near chance: none is comparable with the paper's. Nor can 64 steps on 260 examples teach meaning: the formats\n"
+        f"near chance: none is comparable with the paper's. Nor can {steps} steps on {examples} examples teach meaning: the formats\n"
         "are tied to the phrasing of the paper's templates, and a question phrased otherwise (POPE's, a free chat)\n"
         "often gets a box. The paper's numbers need the paper profile and its real checkpoints (README:\n"
         "\"Rehearsing the paper profile\" runs that path at full size with random weights)."
