@@ -24,7 +24,7 @@ SAMPLE_BENCHMARKS = ("sample-rec", "sample-caption", "sample-vqa", "sample-scien
 SAMPLE_POPE = ("sample-pope", "random")
 CHAT_PHOTO = "chelsea"  # a sample photo the fine-tuned model is asked about, refined online
 # In the phrasing of the paper's templates (Table 10), each its own conversation: that phrasing is what a
-# tiny run of 64 steps ties each answer format to (a free-form question tends to get a box).
+# short tiny run ties each answer format to (a free-form question tends to get a box).
 CHAT_QUESTIONS = ("Briefly describe the content of the image.", "In the given image, could you find and tell me the coordinates of the cat?")
 
 
